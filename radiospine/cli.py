@@ -23,20 +23,24 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line without a traceback (exit code 2)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radiospine", description=__doc__.splitlines()[0])
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command_name``'s runner is imported (so ``radiospine score`` never loads torch)."""
+    parser = argparse.ArgumentParser(
+        prog="radiospine", description="Grade degenerative lumbar spine conditions from MRI (RSNA 2024 layout).")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(command)
+        if name == command_name:
+            importlib.import_module(module_name).add_arguments(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command_name = next((token for token in argv if token in COMMANDS), None)
+    args = build_parser(command_name).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose + 1, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

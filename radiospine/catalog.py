@@ -1,0 +1,262 @@
+"""Scan a data folder in the Kaggle layout into tables of studies, series and instances.
+
+Layout (DESIGN.md section 1)::
+
+    DATA/{split}_series_descriptions.csv     study_id,series_id,series_description
+    DATA/{split}_images/<study_id>/<series_id>/<instance_number>.dcm
+
+Study and series ids are integers everywhere: a folder or CSV value that is not (``../etc``, ``12a``)
+is rejected with an error naming it, and paths are only ever built from validated integers.
+
+A series found on disk but missing from the descriptions CSV, or described with an unknown string, gets its
+description inferred from its DICOM headers (the SeriesDescription tag when it names a known type, else the
+orientation: axial vs sagittal, and for sagittal series the repetition/echo times: T1 vs T2) and is flagged
+``description_inferred=True``. A series the CSV lists but the disk lacks is recorded as missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from radiospine import vocab
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = ("train", "test")
+
+SERIES_COLUMNS = ["study_id", "series_id", "series_description", "description_inferred", "n_instances", "on_disk",
+                  "path"]
+INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number", "path"]
+
+_INTEGER_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+class CatalogError(ValueError):
+    """A data folder that does not follow the layout; the message names the file or folder and the fix."""
+
+
+def parse_id(value: object, *, what: str, where: str) -> int:
+    """A study/series/instance id as a positive ``int``; anything else raises naming ``where``."""
+    text = str(value).strip()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        text = str(int(value))
+    elif isinstance(value, float) and float(value).is_integer():
+        text = str(int(value))
+    if not _INTEGER_ID.match(text):
+        raise CatalogError(f"{where}: {what} {value!r} is not a positive integer id; "
+                           f"Kaggle ids are digits only (rename or remove it)")
+    return int(text)
+
+
+def series_dir(data_dir: Path, split: str, study_id: int, series_id: int) -> Path:
+    """``DATA/{split}_images/<study_id>/<series_id>``, built from validated integers only."""
+    if split not in SPLITS:
+        raise CatalogError(f"unknown split {split!r}; expected 'train' or 'test'")
+    return Path(data_dir) / f"{split}_images" / str(int(study_id)) / str(int(series_id))
+
+
+def load_series_descriptions(path: Path) -> pd.DataFrame:
+    """``{split}_series_descriptions.csv`` -> study_id, series_id (int64), series_description (str)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"{path} does not exist; every split needs its series descriptions CSV "
+                           f"(study_id,series_id,series_description)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path} is not a readable CSV: {exc}") from None
+    frame.columns = [c.strip() for c in frame.columns]
+    required = {"study_id", "series_id", "series_description"}
+    if missing := required - set(frame.columns):
+        raise CatalogError(f"{path} lacks column(s) {sorted(missing)}; expected study_id,series_id,series_description")
+    frame = frame[~(frame[list(required)].apply(lambda col: col.str.strip()) == "").all(axis=1)]
+    for column in ("study_id", "series_id"):
+        frame[column] = [parse_id(v, what=column, where=f"{path} line {i + 2}")
+                         for i, v in zip(frame.index, frame[column])]
+    frame["series_description"] = frame["series_description"].str.strip()
+    duplicated = frame.duplicated(["study_id", "series_id"], keep=False)
+    if duplicated.any():
+        rows = frame.loc[duplicated, ["study_id", "series_id"]].drop_duplicates().head(5).values.tolist()
+        raise CatalogError(f"{path} lists the same series more than once: {rows}")
+    return frame[["study_id", "series_id", "series_description"]].astype(
+        {"study_id": "int64", "series_id": "int64"}).reset_index(drop=True)
+
+
+def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
+    """Guess ``Sagittal T1`` / ``Sagittal T2/STIR`` / ``Axial T2`` from a series' headers ("" if unknown)."""
+    from radiospine.io.dicom import DicomReadError, read_series_headers
+
+    try:
+        stacks = read_series_headers(series_path, study_id=study_id, series_id=series_id)
+    except DicomReadError as exc:
+        log.warning("cannot infer the type of %s: %s", series_path, exc)
+        return ""
+    if not stacks:
+        return ""
+    stack = stacks[0]
+    if stack.description in vocab.SERIES_DESCRIPTIONS:
+        return stack.description
+    normal = np.abs(stack.affine[:3, 2]) / np.linalg.norm(stack.affine[:3, 2])
+    axis = int(np.argmax(normal))  # 0: x (sagittal), 1: y (coronal), 2: z (axial)
+    if axis == 2:
+        return vocab.AXIAL_T2
+    if axis == 0:
+        text = stack.description.lower()
+        if "t1" in text:
+            return vocab.SAGITTAL_T1
+        if "t2" in text or "stir" in text:
+            return vocab.SAGITTAL_T2
+        tr = stack.repetition_time_ms
+        if tr is not None:
+            return vocab.SAGITTAL_T1 if tr < 1200 else vocab.SAGITTAL_T2
+    return ""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a data folder holds for one split.
+
+    Attributes:
+        data_dir, split: where it was scanned.
+        studies: study_id, n_series, n_<type> per series type, missing_types (";"-joined).
+        series: ``SERIES_COLUMNS``: one row per series on disk or in the CSV.
+        instances: ``INSTANCE_COLUMNS``: one row per ``.dcm`` file (instance number from the file name).
+        problems: what was skipped and why (kind, path, message).
+    """
+
+    data_dir: Path
+    split: str
+    studies: pd.DataFrame
+    series: pd.DataFrame
+    instances: pd.DataFrame
+    problems: pd.DataFrame
+
+    @property
+    def study_ids(self) -> list[int]:
+        return self.studies["study_id"].tolist()
+
+    def series_of(self, study_id: int, description: str | None = None) -> pd.DataFrame:
+        """The on-disk series of a study (optionally of one type), largest first."""
+        rows = self.series[(self.series["study_id"] == int(study_id)) & self.series["on_disk"]]
+        if description is not None:
+            rows = rows[rows["series_description"] == description]
+        return rows.sort_values(["n_instances", "series_id"], ascending=[False, True])
+
+    def content_hash(self) -> str:
+        """A hash of the catalog's ids, descriptions and file names: it changes when the data does."""
+        digest = hashlib.sha256()
+        digest.update(pd.util.hash_pandas_object(
+            self.series[["study_id", "series_id", "series_description", "n_instances"]], index=False).values)
+        digest.update(pd.util.hash_pandas_object(
+            self.instances[["study_id", "series_id", "instance_number"]], index=False).values)
+        return digest.hexdigest()[:16]
+
+
+def scan(data_dir: str | Path, split: str, *, study_ids: list[int] | None = None) -> Catalog:
+    """Scan ``data_dir`` for ``split``; ``study_ids`` limits the scan to those studies."""
+    data_dir = Path(data_dir)
+    if split not in SPLITS:
+        raise CatalogError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if not data_dir.is_dir():
+        raise CatalogError(f"data folder {data_dir} does not exist")
+    descriptions = load_series_descriptions(data_dir / f"{split}_series_descriptions.csv")
+    images_dir = data_dir / f"{split}_images"
+    if not images_dir.is_dir():
+        raise CatalogError(f"{images_dir} does not exist; expected {split}_images/<study_id>/<series_id>/*.dcm")
+    wanted = None if study_ids is None else {int(s) for s in study_ids}
+
+    problems: list[tuple[str, str, str]] = []
+    series_rows: list[dict] = []
+    instance_rows: list[tuple[int, int, int, str]] = []
+    known = {(r.study_id, r.series_id): r.series_description for r in descriptions.itertuples()}
+    seen: set[tuple[int, int]] = set()
+
+    for study_path in sorted(images_dir.iterdir()):
+        if not study_path.is_dir():
+            continue
+        try:
+            study_id = parse_id(study_path.name, what="study folder", where=str(study_path))
+        except CatalogError as exc:
+            problems.append(("bad_study_folder", str(study_path), str(exc)))
+            log.warning("%s", exc)
+            continue
+        if wanted is not None and study_id not in wanted:
+            continue
+        for series_path in sorted(study_path.iterdir()):
+            if not series_path.is_dir():
+                continue
+            try:
+                series_id = parse_id(series_path.name, what="series folder", where=str(series_path))
+            except CatalogError as exc:
+                problems.append(("bad_series_folder", str(series_path), str(exc)))
+                log.warning("%s", exc)
+                continue
+            n_instances = 0
+            for dcm in series_path.glob("*.dcm"):
+                try:
+                    instance = parse_id(dcm.stem, what="instance file name", where=str(dcm))
+                except CatalogError as exc:
+                    problems.append(("bad_instance_name", str(dcm), str(exc)))
+                    continue
+                instance_rows.append((study_id, series_id, instance, str(dcm)))
+                n_instances += 1
+            description = known.get((study_id, series_id), "")
+            inferred = description not in vocab.SERIES_DESCRIPTIONS
+            if inferred and n_instances:
+                guess = infer_description(series_path, study_id, series_id)
+                reason = "not in the descriptions CSV" if (study_id, series_id) not in known else \
+                    f"unknown description {description!r}"
+                log.warning("study %s series %s: %s; inferred %r from headers", study_id, series_id, reason,
+                            guess or "nothing")
+                problems.append(("description_inferred", str(series_path), f"{reason}; inferred {guess!r}"))
+                description = guess
+            seen.add((study_id, series_id))
+            series_rows.append(dict(study_id=study_id, series_id=series_id, series_description=description,
+                                    description_inferred=inferred, n_instances=n_instances,
+                                    on_disk=n_instances > 0, path=str(series_path)))
+            if n_instances == 0:
+                problems.append(("empty_series", str(series_path), "no .dcm files"))
+
+    for row in descriptions.itertuples():
+        if (row.study_id, row.series_id) in seen or (wanted is not None and row.study_id not in wanted):
+            continue
+        path = series_dir(data_dir, split, row.study_id, row.series_id)
+        problems.append(("missing_series", str(path), "listed in the descriptions CSV but not on disk"))
+        series_rows.append(dict(study_id=row.study_id, series_id=row.series_id,
+                                series_description=row.series_description, description_inferred=False,
+                                n_instances=0, on_disk=False, path=str(path)))
+
+    series = pd.DataFrame(series_rows, columns=SERIES_COLUMNS).sort_values(["study_id", "series_id"])
+    series = series.astype({"study_id": "int64", "series_id": "int64", "n_instances": "int64"}).reset_index(drop=True)
+    instances = pd.DataFrame(instance_rows, columns=INSTANCE_COLUMNS).sort_values(
+        ["study_id", "series_id", "instance_number"]).reset_index(drop=True)
+    instances = instances.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64"})
+    return Catalog(data_dir=data_dir, split=split, studies=_summarise_studies(series), series=series,
+                   instances=instances,
+                   problems=pd.DataFrame(problems, columns=["kind", "path", "message"]))
+
+
+def _summarise_studies(series: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for study_id, group in series.groupby("study_id", sort=True):
+        present = group[group["on_disk"]]
+        counts = {f"n_{_type_key(d)}": int((present["series_description"] == d).sum())
+                  for d in vocab.SERIES_DESCRIPTIONS}
+        missing = [d for d in vocab.SERIES_DESCRIPTIONS if counts[f"n_{_type_key(d)}"] == 0]
+        rows.append(dict(study_id=int(study_id), n_series=len(present), **counts, missing_types=";".join(missing)))
+    columns = ["study_id", "n_series", *[f"n_{_type_key(d)}" for d in vocab.SERIES_DESCRIPTIONS], "missing_types"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _type_key(description: str) -> str:
+    """``"Sagittal T2/STIR"`` -> ``"sagittal_t2_stir"`` (a column-name-safe key)."""
+    return re.sub(r"[^a-z0-9]+", "_", description.lower()).strip("_")

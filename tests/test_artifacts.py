@@ -1,0 +1,50 @@
+"""Artifacts: atomic writes and manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from radiospine import artifacts
+from radiospine.config import SynthConfig
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    artifacts.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_hidden_temp_files_do_not_break_read_parquet(tmp_path: Path) -> None:
+    pd.DataFrame({"a": [1, 2]}).to_parquet(tmp_path / "part1.parquet")
+    with artifacts.atomic_path(tmp_path / "part2.parquet") as tmp:
+        tmp.write_bytes(b"not parquet yet")
+        assert len(pd.read_parquet(tmp_path)) == 2
+        pd.DataFrame({"a": [3, 4, 5]}).to_parquet(tmp)
+    assert len(pd.read_parquet(tmp_path)) == 5
+    artifacts.write_manifest(tmp_path, stage="test", config=SynthConfig())
+    assert len(pd.read_parquet(tmp_path)) == 5
+
+
+def test_manifest_tracks_config_and_inputs(tmp_path: Path) -> None:
+    config = SynthConfig(seed=1)
+    assert not artifacts.is_up_to_date(tmp_path, config=config)
+    written = artifacts.write_manifest(tmp_path, stage="synth", config=config, inputs={"catalog": "abc"})
+    assert json.loads((tmp_path / "_manifest.json").read_text())["config_hash"] == written["config_hash"]
+    assert "numpy" in written["versions"]
+    assert artifacts.is_up_to_date(tmp_path, config=config, inputs={"catalog": "abc"})
+    assert not artifacts.is_up_to_date(tmp_path, config=SynthConfig(seed=2), inputs={"catalog": "abc"})
+    assert not artifacts.is_up_to_date(tmp_path, config=config, inputs={"catalog": "abd"})
+    (tmp_path / "_manifest.json").write_text("{broken")
+    with pytest.raises(ValueError, match="delete it"):
+        artifacts.read_manifest(tmp_path)

@@ -1,0 +1,43 @@
+"""Config loading: validation, unknown keys, overrides, hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radiospine.config import ConfigError, config_hash, load_config, parse_overrides
+
+
+def test_default_config_loads() -> None:
+    config = load_config()
+    assert config.synth.train_studies > 0
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("synth:\n  seeed: 3\n")
+    with pytest.raises(ConfigError, match=r"synth\.seeed"):
+        load_config(path)
+
+
+def test_overrides_and_hash() -> None:
+    base = load_config()
+    changed = load_config(overrides=["synth.seed=7"])
+    assert changed.synth.seed == 7
+    assert config_hash(changed) != config_hash(base)
+    assert config_hash(load_config()) == config_hash(base)
+    assert parse_overrides(["a.b=[1, 2]"]) == {"a": {"b": [1, 2]}}
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_overrides(["novalue"])
+    with pytest.raises(ConfigError, match="synth.seed"):
+        load_config(overrides=["synth.seed=notanumber"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

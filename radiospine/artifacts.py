@@ -24,6 +24,8 @@ from radiospine import __version__
 from radiospine.config import config_hash
 
 MANIFEST_NAME = "_manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _VERSIONED_PACKAGES = ("numpy", "pandas", "pydicom", "SimpleITK", "pyradiomics-bhklab", "scikit-learn", "lightgbm",
                        "xgboost-cpu", "xgboost", "torch")
 
@@ -42,6 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from radiospine import vocab
+from radiospine.csvio import read_csv_cells
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +72,19 @@ def load_series_descriptions(path: Path) -> pd.DataFrame:
         raise CatalogError(f"{path} does not exist; every split needs its series descriptions CSV "
                            f"(study_id,series_id,series_description)")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path} is not a readable CSV: {exc}") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    required = {"study_id", "series_id", "series_description"}
-    if missing := required - set(frame.columns):
-        raise CatalogError(f"{path} lacks column(s) {sorted(missing)}; expected study_id,series_id,series_description")
-    frame = frame[~(frame[list(required)].apply(lambda col: col.str.strip()) == "").all(axis=1)]
-    for column in ("study_id", "series_id"):
-        frame[column] = [parse_id(v, what=column, where=f"{path} line {i + 2}")
-                         for i, v in zip(frame.index, frame[column])]
-    frame["series_description"] = frame["series_description"].str.strip()
+        cells = read_csv_cells(path, columns=("study_id", "series_id", "series_description"))
+    except ValueError as exc:
+        raise CatalogError(str(exc)) from None
+    frame = pd.DataFrame({
+        column: [parse_id(value, what=column, where=f"{path} line {line}") for line, value in cells[column].items()]
+        for column in ("study_id", "series_id")
+    }, dtype="int64")
+    frame["series_description"] = cells["series_description"].to_numpy(dtype=str)
     duplicated = frame.duplicated(["study_id", "series_id"], keep=False)
     if duplicated.any():
         rows = frame.loc[duplicated, ["study_id", "series_id"]].drop_duplicates().head(5).values.tolist()
         raise CatalogError(f"{path} lists the same series more than once: {rows}")
-    return frame[["study_id", "series_id", "series_description"]].astype(
-        {"study_id": "int64", "series_id": "int64"}).reset_index(drop=True)
+    return frame
 
 
 def infer_description(series_path: Path, study_id: int, series_id: int) -> str:

@@ -48,3 +48,13 @@ def test_manifest_tracks_config_and_inputs(tmp_path: Path) -> None:
     (tmp_path / "_manifest.json").write_text("{broken")
     with pytest.raises(ValueError, match="delete it"):
         artifacts.read_manifest(tmp_path)
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    artifacts.atomic_write_text(tmp_path / "f.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o666 & ~umask

@@ -112,3 +112,11 @@ def test_catalog_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert '"studies": 1' in last
     assert (tmp_path / "cat" / "series.csv").is_file()
     assert main(["catalog", "--data", str(tmp_path / "nope"), "--split", "test"]) == 2
+
+
+def test_error_line_numbers_count_blank_lines(tmp_path: Path) -> None:
+    _write_layout(tmp_path, {(100, 1): (vocab.AXIAL_T2, 1)})
+    csv = tmp_path / "train_series_descriptions.csv"
+    csv.write_text(csv.read_text() + "\n\n../etc,1,Axial T2\n")
+    with pytest.raises(catalog.CatalogError, match="line 5"):
+        catalog.scan(tmp_path, "train")

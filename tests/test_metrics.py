@@ -1,0 +1,334 @@
+"""The competition metric: hand-computed cases for every part, sklearn cross-checks, input errors, the prior."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss
+
+from radiospine import vocab
+from radiospine.labels import labels_to_long
+from radiospine.metrics import (
+    CLIP_EPSILON,
+    MetricResult,
+    score,
+    weighted_log_loss,
+    weighted_prior,
+    weighted_prior_predictions,
+)
+from radiospine.submission import SubmissionError
+
+N, M, S = vocab.SEVERITY_LABELS
+LN2 = math.log(2.0)
+SPINAL, LEFT_FORAMEN, RIGHT_FORAMEN, LEFT_RECESS, RIGHT_RECESS = vocab.CONDITIONS
+
+
+def wide_labels(studies: dict[int, dict[str, list[str | None]]]) -> pd.DataFrame:
+    """``{study_id: {condition: [5 labels, l1_l2 .. l5_s1]}}``; conditions left out are all Normal/Mild."""
+    rows = []
+    for study_id, by_condition in studies.items():
+        row = {"study_id": study_id}
+        for condition in vocab.CONDITIONS:
+            for level, label in zip(vocab.LEVELS, by_condition.get(condition, [N] * 5)):
+                row[vocab.target_column(condition, level)] = label
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def submission_frame(study_ids, probabilities_for) -> pd.DataFrame:
+    """A submission whose row (study, condition, level) holds ``probabilities_for(study, condition, level)``."""
+    rows = [
+        (vocab.make_row_id(s, c, lv), *probabilities_for(s, c, lv))
+        for s in study_ids for c in vocab.CONDITIONS for lv in vocab.LEVELS
+    ]
+    return pd.DataFrame(rows, columns=list(vocab.SUBMISSION_COLUMNS))
+
+
+def sklearn_log_loss(y_true, probabilities, weights, labels) -> float:
+    """sklearn's weighted log loss (its argument was renamed ``y_proba`` in 1.9)."""
+    if "y_proba" in inspect.signature(log_loss).parameters:
+        return log_loss(y_true, y_proba=probabilities, sample_weight=weights, labels=labels)
+    return log_loss(y_true, probabilities, sample_weight=weights, labels=labels)
+
+
+# --- the hand-computed case --------------------------------------------------------------------------
+
+# Study 1 and study 2; None = missing label (not scored).
+HAND_LABELS = {
+    1: {
+        SPINAL: [N, N, M, S, N],
+        LEFT_FORAMEN: [N, N, N, M, S],
+        RIGHT_FORAMEN: [N, N, N, N, N],
+        LEFT_RECESS: [N, N, M, M, S],
+        RIGHT_RECESS: [N, N, N, M, None],
+    },
+    2: {
+        SPINAL: [N, N, N, N, None],
+        RIGHT_FORAMEN: [N, N, N, N, None],
+    },
+}
+
+
+def hand_probabilities(study_id, condition, level):
+    if condition == SPINAL:
+        # study 2's l5_s1 is unlabelled: its severe 0.8 must NOT enter any_severe_spinal.
+        return (0.1, 0.1, 0.8) if (study_id, level) == (2, "l5_s1") else (0.5, 0.25, 0.25)
+    if "foraminal" in condition:
+        return (0.5, 0.25, 0.25)
+    return (0.25, 0.25, 0.5)
+
+
+# spinal rows: 7 Normal (w1, p .5) + 1 Moderate (w2, p .25) + 1 Severe (w4, p .25)
+#   = (7 ln2 + 2*2ln2 + 4*2ln2) / (7 + 2 + 4) = 19 ln2 / 13
+HAND_SPINAL = 19 * LN2 / 13
+# foraminal (left+right pooled): Normal rows: study 1 left 3 + right 5, study 2 left 5 + right 4 = 17 (w1, p .5);
+#   1 Moderate (w2, p .25), 1 Severe (w4, p .25): (17 ln2 + 4 ln2 + 8 ln2) / (17 + 2 + 4) = 29 ln2 / 23
+HAND_FORAMINAL = 29 * LN2 / 23
+# subarticular, predictions (.25, .25, .5): Normal 2 + 3 + 10 = 15 (w1, -ln .25 = 2 ln2) -> 30 ln2;
+#   Moderate 2 + 1 = 3 (w2, 2 ln2) -> 12 ln2; Severe 1 (w4, -ln .5 = ln2) -> 4 ln2: 46 ln2 / (15 + 6 + 4)
+HAND_SUBARTICULAR = 46 * LN2 / 25
+# any_severe_spinal: study 1 label 1, prediction max severe = .25, weight 4 -> 4 * 2 ln2 = 8 ln2;
+#   study 2 label 0, prediction max severe over its 4 labelled rows = .25, weight 1 -> -ln .75 = ln(4/3)
+HAND_ANY_SEVERE = (8 * LN2 + math.log(4 / 3)) / 5
+
+
+def test_hand_computed_parts_with_a_missing_label():
+    result = score(wide_labels(HAND_LABELS), submission_frame([1, 2], hand_probabilities))
+    assert isinstance(result, MetricResult)
+    assert result.spinal == pytest.approx(HAND_SPINAL, rel=1e-12)  # 1.013107...
+    assert result.foraminal == pytest.approx(HAND_FORAMINAL, rel=1e-12)  # 0.873959...
+    assert result.subarticular == pytest.approx(HAND_SUBARTICULAR, rel=1e-12)  # 1.275329...
+    assert result.any_severe_spinal == pytest.approx(HAND_ANY_SEVERE, rel=1e-12)  # 1.166572...
+    mean = (HAND_SPINAL + HAND_FORAMINAL + HAND_SUBARTICULAR + HAND_ANY_SEVERE) / 4
+    assert result.score == pytest.approx(mean, rel=1e-12)
+    assert result.as_dict() == {
+        "spinal": result.spinal, "foraminal": result.foraminal, "subarticular": result.subarticular,
+        "any_severe_spinal": result.any_severe_spinal, "score": result.score,
+    }
+
+
+def test_long_labels_and_long_predictions_score_like_wide_and_row_ids():
+    wide = wide_labels(HAND_LABELS)
+    submission = submission_frame([1, 2], hand_probabilities)
+    long_predictions = pd.DataFrame([
+        (s, c, lv, *hand_probabilities(s, c, lv))
+        for s in (2, 1) for c in vocab.CONDITIONS for lv in vocab.LEVELS
+    ], columns=["study_id", "condition", "level", *vocab.SEVERITIES])
+    expected = score(wide, submission)
+    assert score(labels_to_long(wide), submission) == expected
+    assert score(wide, long_predictions).as_dict() == pytest.approx(expected.as_dict(), rel=1e-12)
+
+
+def test_unnormalised_rows_score_like_their_normalised_version():
+    normalised = submission_frame([1, 2], hand_probabilities)
+    tripled = normalised.copy()
+    tripled[list(vocab.SEVERITIES)] *= 3.0  # every row sums to 3
+    assert np.allclose(tripled[list(vocab.SEVERITIES)].sum(axis=1), 3.0)
+    labels = wide_labels(HAND_LABELS)
+    assert score(labels, tripled).as_dict() == pytest.approx(score(labels, normalised).as_dict(), rel=1e-12)
+    # any_severe uses the renormalised severe: (1, 1, 2) -> .5 for study 1 gives 4 * ln2 instead of 8 ln2
+    doubled_severe = normalised.copy()
+    spinal_rows = doubled_severe["row_id"].str.contains("spinal")
+    doubled_severe.loc[spinal_rows, list(vocab.SEVERITIES)] = [1.0, 1.0, 2.0]  # sums to 4 -> (.25, .25, .5)
+    result = score(labels, doubled_severe)
+    # spinal: 7 N rows -ln .25 = 2 ln2 (w1) -> 14 ln2; M w2 * 2 ln2 = 4 ln2; S w4 * ln2 = 4 ln2 -> 22 ln2 / 13
+    assert result.spinal == pytest.approx(22 * LN2 / 13, rel=1e-12)
+    # any_severe: study 1: 4 * -ln .5 = 4 ln2; study 2: -ln .5 = ln2 (w1) -> 5 ln2 / 5 = ln2
+    assert result.any_severe_spinal == pytest.approx(LN2, rel=1e-12)
+
+
+def test_fold_without_a_severe_spinal_case():
+    labels = wide_labels({7: {SPINAL: [N, M, N, N, N]}, 8: {}})
+
+    def probabilities(study_id, condition, level):
+        return (0.6, 0.2, 0.2)
+
+    result = score(labels, submission_frame([7, 8], probabilities))
+    # any_severe labels are all 0 (sklearn's log_loss would refuse one class without `labels`):
+    # study 7 weight 2 (a Moderate), study 8 weight 1; both -ln(1 - .2) -> (2 + 1) * -ln .8 / 3
+    assert result.any_severe_spinal == pytest.approx(-math.log(0.8), rel=1e-12)  # 0.223144
+    # spinal: 9 Normal rows (w1, -ln .6) + 1 Moderate (w2, -ln .2) -> (9 ln(1/.6) + 2 ln 5) / 11
+    assert result.spinal == pytest.approx((9 * -math.log(0.6) + 2 * math.log(5)) / 11, rel=1e-12)
+    # all foraminal and subarticular rows Normal: -ln .6
+    assert result.foraminal == pytest.approx(-math.log(0.6), rel=1e-12)
+    assert result.subarticular == pytest.approx(-math.log(0.6), rel=1e-12)
+
+
+def test_perfect_prediction_scores_about_zero_and_clipping_bounds_a_sure_miss():
+    labels = wide_labels(HAND_LABELS)
+    long = labels_to_long(labels)
+    truth = {(r.study_id, r.condition, r.level): r.severity for r in long.itertuples()}
+
+    def one_hot(study_id, condition, level):
+        severity = truth[(study_id, condition, level)]
+        return (1 / 3,) * 3 if pd.isna(severity) else tuple(float(k == severity) for k in range(3))
+
+    perfect = score(labels, submission_frame([1, 2], one_hot))
+    # every p_true is 1, clipped to 1 - 1e-15: -ln(1 - 1e-15) ~ 1e-15 per part
+    for value in perfect.as_dict().values():
+        assert 0.0 < value < 1e-14
+
+    def sure_miss(study_id, condition, level):  # study 2's spinal l1_l2 (Normal) gets p = 0 -> clipped 1e-15
+        if (study_id, condition, level) == (2, SPINAL, "l1_l2"):
+            return (0.0, 1.0, 0.0)
+        return one_hot(study_id, condition, level)
+
+    # spinal: weight 1 * -ln(1e-15) = 34.538776 over the 13 spinal weight units (others ~0)
+    missed = score(labels, submission_frame([1, 2], sure_miss))
+    assert missed.spinal == pytest.approx(-math.log(CLIP_EPSILON) / 13, rel=1e-9)  # 2.656829...
+    assert missed.foraminal < 1e-14
+
+
+def test_uniform_prediction_on_a_balanced_toy_set():
+    # study 1 all Normal/Mild, study 2 all Moderate, study 3 all Severe: each class equally often
+    labels = wide_labels({1: {c: [N] * 5 for c in vocab.CONDITIONS},
+                          2: {c: [M] * 5 for c in vocab.CONDITIONS},
+                          3: {c: [S] * 5 for c in vocab.CONDITIONS}})
+    result = score(labels, submission_frame([1, 2, 3], lambda *key: (1 / 3, 1 / 3, 1 / 3)))
+    # condition parts: every p_true = 1/3 whatever the weights -> ln 3 = 1.098612
+    for part in (result.spinal, result.foraminal, result.subarticular):
+        assert part == pytest.approx(math.log(3), rel=1e-12)
+    # any_severe: pred 1/3; study 1 (label 0, w1) and 2 (label 0, w2): -ln(2/3); study 3 (label 1, w4): ln 3
+    #   (3 ln 1.5 + 4 ln 3) / 7 = 0.801549...
+    any_severe = (3 * math.log(1.5) + 4 * math.log(3)) / 7
+    assert result.any_severe_spinal == pytest.approx(any_severe, rel=1e-12)
+    assert result.score == pytest.approx((3 * math.log(3) + any_severe) / 4, rel=1e-12)  # 1.024346...
+
+
+def test_parts_match_sklearn_log_loss_on_random_data():
+    rng = np.random.default_rng(7)
+    study_ids = rng.choice(10**8, size=40, replace=False) + 1
+    cells = rng.choice(np.array([N, M, S, None], dtype=object), size=(40, 25), p=[0.6, 0.2, 0.12, 0.08])
+    labels = pd.DataFrame(cells, columns=list(vocab.TARGET_COLUMNS))
+    labels.insert(0, "study_id", study_ids)
+    raw = rng.dirichlet([1.0, 1.0, 1.0], size=40 * 25) * rng.uniform(0.5, 3.0, size=(40 * 25, 1))
+    submission = pd.DataFrame(raw, columns=list(vocab.SEVERITIES))
+    submission.insert(0, "row_id", [rid for s in study_ids for rid in vocab.study_row_ids(s)])
+    result = score(labels, submission)
+
+    long = labels_to_long(labels)
+    long["row_id"] = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(long.study_id, long.condition, long.level)]
+    scored = long[long.severity.notna()].merge(submission, on="row_id")
+    probabilities = scored[list(vocab.SEVERITIES)].to_numpy()
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    y = scored.severity.to_numpy(dtype=int)
+    weights = np.array([1.0, 2.0, 4.0])[y]
+    for part, word in (("spinal", "spinal"), ("foraminal", "foraminal"), ("subarticular", "subarticular")):
+        rows = scored.condition.str.contains(word).to_numpy()
+        expected = sklearn_log_loss(y[rows], probabilities[rows], weights[rows], labels=[0, 1, 2])
+        assert getattr(result, part) == pytest.approx(expected, rel=1e-10)
+    spinal = scored.condition.eq(SPINAL).to_numpy()
+    per_study = pd.DataFrame({"study": scored.study_id[spinal], "label": y[spinal] == 2,
+                              "pred": probabilities[spinal, 2], "w": weights[spinal]}).groupby("study").max()
+    expected_any = sklearn_log_loss(per_study.label.astype(int), per_study.pred, per_study.w, labels=[0, 1])
+    assert result.any_severe_spinal == pytest.approx(expected_any, rel=1e-10)
+
+
+def test_weighted_log_loss_is_the_weighted_mean_of_negative_logs():
+    # (1 * -ln .5 + 3 * -ln .25) / 4 = (ln2 + 6 ln2) / 4 = 7 ln2 / 4
+    assert weighted_log_loss(np.array([0.5, 0.25]), np.array([1.0, 3.0])) == pytest.approx(7 * LN2 / 4)
+    assert weighted_log_loss(np.array([0.0]), np.array([1.0])) == pytest.approx(-math.log(1e-15))
+
+
+# --- invalid predictions ------------------------------------------------------------------------------
+
+def test_missing_labelled_row_raises_naming_it_but_an_unlabelled_row_may_be_absent():
+    labels = wide_labels(HAND_LABELS)
+    submission = submission_frame([1, 2], hand_probabilities)
+    # study 2 spinal l5_s1 is unlabelled: dropping it is fine
+    unlabelled = "2_spinal_canal_stenosis_l5_s1"
+    score(labels, submission[submission.row_id != unlabelled])
+    missing = "1_left_subarticular_stenosis_l3_l4"
+    with pytest.raises(SubmissionError, match=rf"1 labelled row\(s\) have no prediction: '{missing}' \(1 in all\)"):
+        score(labels, submission[submission.row_id != missing])
+    with pytest.raises(SubmissionError, match=r"24 labelled row\(s\) have no prediction: .* and 19 more \(24 in all\)") as caught:
+        score(labels, submission[~submission.row_id.str.startswith("1_")])
+    assert "'1_spinal_canal_stenosis_l1_l2'" in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (np.nan, "hold NaN or infinite"),
+    (np.inf, "hold NaN or infinite"),
+    (-0.1, "hold negative probabilities"),
+])
+def test_bad_values_raise_naming_the_rows(value, message):
+    submission = submission_frame([1, 2], hand_probabilities)
+    submission.loc[[3, 30], "moderate"] = value
+    with pytest.raises(SubmissionError, match=message) as caught:
+        score(wide_labels(HAND_LABELS), submission)
+    text = str(caught.value)
+    assert f"2 row(s) {message}" in text
+    assert submission.row_id[3] in text and submission.row_id[30] in text
+
+
+def test_zero_sum_and_duplicate_rows_raise():
+    submission = submission_frame([1, 2], hand_probabilities)
+    submission.loc[5, list(vocab.SEVERITIES)] = 0.0
+    with pytest.raises(SubmissionError, match=rf"1 row\(s\) sum to zero: '{submission.row_id[5]}'"):
+        score(wide_labels(HAND_LABELS), submission)
+    doubled = pd.concat([submission_frame([1, 2], hand_probabilities), submission.iloc[[7]]])
+    with pytest.raises(SubmissionError, match=rf"more than once: '{submission.row_id[7]}'"):
+        score(wide_labels(HAND_LABELS), doubled)
+
+
+def test_labels_without_a_part_are_refused():
+    labels = wide_labels({1: {c: [None] * 5 for c in vocab.CONDITIONS if "subarticular" in c}})
+    with pytest.raises(ValueError, match="no labelled subarticular row"):
+        score(labels, submission_frame([1], hand_probabilities))
+
+
+# --- the reference prior -------------------------------------------------------------------------------
+
+def test_weighted_prior_by_hand():
+    # spinal l1_l2 over 4 studies: N, N, M, S -> counts (2, 1, 1) * weights (1, 2, 4) = (2, 2, 4) -> /8
+    # left foraminal l1_l2: N, M, missing, missing -> (1, 1, 0) * w = (1, 2, 0) -> /3
+    labels = wide_labels({
+        1: {SPINAL: [N] * 5, LEFT_FORAMEN: [N] * 5},
+        2: {SPINAL: [N] * 5, LEFT_FORAMEN: [M, N, N, N, N]},
+        3: {SPINAL: [M, N, N, N, N], LEFT_FORAMEN: [None, N, N, N, N]},
+        4: {SPINAL: [S, N, N, N, N], LEFT_FORAMEN: [None, N, N, N, N]},
+    })
+    prior = weighted_prior(labels).set_index(["condition", "level"])
+    assert list(prior.columns) == list(vocab.SEVERITIES) and len(prior) == 25
+    assert prior.loc[(SPINAL, "l1_l2")].tolist() == pytest.approx([0.25, 0.25, 0.5])
+    assert prior.loc[(LEFT_FORAMEN, "l1_l2")].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert prior.loc[(SPINAL, "l2_l3")].tolist() == pytest.approx([1.0, 0.0, 0.0])
+    # pseudo count 1: spinal l1_l2 (3, 2, 2) * w = (3, 4, 8) -> /15
+    smoothed = weighted_prior(labels, pseudo_count=1.0).set_index(["condition", "level"])
+    assert smoothed.loc[(SPINAL, "l1_l2")].tolist() == pytest.approx([3 / 15, 4 / 15, 8 / 15])
+
+    predictions = weighted_prior_predictions(labels, [9, 8])
+    assert list(predictions.columns) == ["study_id", "condition", "level", *vocab.SEVERITIES]
+    assert predictions.study_id.tolist() == [9] * 25 + [8] * 25
+    row = predictions[(predictions.study_id == 8) & (predictions.condition == SPINAL)
+                      & (predictions.level == "l1_l2")]
+    assert row[list(vocab.SEVERITIES)].to_numpy().ravel().tolist() == pytest.approx([0.25, 0.25, 0.5])
+
+
+def test_weighted_prior_needs_labels_or_a_pseudo_count():
+    labels = wide_labels({1: {RIGHT_RECESS: [None, N, N, N, N]}})
+    with pytest.raises(ValueError, match="right_subarticular_stenosis_l1_l2"):
+        weighted_prior(labels)
+    smoothed = weighted_prior(labels, pseudo_count=0.5).set_index(["condition", "level"])
+    # (.5, .5, .5) * (1, 2, 4) -> /3.5
+    assert smoothed.loc[(RIGHT_RECESS, "l1_l2")].tolist() == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+    with pytest.raises(ValueError, match="pseudo_count"):
+        weighted_prior(labels, pseudo_count=-1)
+
+
+def test_reweighted_prior_beats_plain_frequency_on_its_own_labels():
+    rng = np.random.default_rng(3)
+    cells = rng.choice(np.array([N, M, S], dtype=object), size=(60, 25), p=[0.75, 0.15, 0.1])
+    labels = pd.DataFrame(cells, columns=list(vocab.TARGET_COLUMNS))
+    labels.insert(0, "study_id", np.arange(1, 61))
+    reweighted = weighted_prior_predictions(labels, labels.study_id, pseudo_count=1.0)
+    frequency = reweighted.copy()
+    frequency[list(vocab.SEVERITIES)] /= np.array(vocab.SEVERITY_WEIGHTS)  # undo the 1/2/4 reweighting
+    better, worse = score(labels, reweighted), score(labels, frequency)
+    for part in ("spinal", "foraminal", "subarticular"):
+        assert getattr(better, part) < getattr(worse, part)

@@ -120,3 +120,27 @@ def test_error_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     csv.write_text(csv.read_text() + "\n\n../etc,1,Axial T2\n")
     with pytest.raises(catalog.CatalogError, match="line 5"):
         catalog.scan(tmp_path, "train")
+
+
+def test_undescribed_series_are_typed_from_headers(tmp_path: Path) -> None:
+    """A series missing from the CSV (or with an unknown description) is typed from its DICOM headers."""
+    import pydicom
+
+    from dicom_factory import AXIAL, SAGITTAL, write_synthetic_series
+
+    images = tmp_path / "test_images"
+    write_synthetic_series(images, study_id=5, series_id=1, orientation=AXIAL, description="")
+    t1 = write_synthetic_series(images, study_id=5, series_id=2, orientation=SAGITTAL, description="SAG 3D")
+    write_synthetic_series(images, study_id=5, series_id=3, orientation=SAGITTAL, description="sag stir")
+    for path in t1.paths:  # a short repetition time: T1 weighting
+        ds = pydicom.dcmread(path)
+        ds.RepetitionTime = 550
+        ds.save_as(path)
+    (tmp_path / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n5,2,Sag ???\n")
+    cat = catalog.scan(tmp_path, "test")
+    typed = cat.series.set_index("series_id")
+    assert typed.loc[1, "series_description"] == vocab.AXIAL_T2
+    assert typed.loc[2, "series_description"] == vocab.SAGITTAL_T1
+    assert typed.loc[3, "series_description"] == vocab.SAGITTAL_T2
+    assert typed["description_inferred"].all()
+    assert (cat.problems["kind"] == "description_inferred").sum() == 3

@@ -11,7 +11,7 @@ CONFIG ?= configs/default.yaml
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo synth features train-gbm predict report bench clean help
+.PHONY: install test demo synth features train-gbm predict report report-check chromium bench clean help
 
 help:
 	@echo "make demo | test | install | synth | features | train-gbm | predict | report | bench | clean"
@@ -25,8 +25,17 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for the report's browser check: Debian's package, installed when missing (as root, or with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium)
+
+# Render a small synthetic report and open it in headless Chromium: sections shown, no console errors, no network.
+report-check: $(STAMP) chromium
+	$(PY) -m pytest tests/test_report.py -m browser $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo build dist *.egg-info .pytest_cache

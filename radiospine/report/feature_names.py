@@ -1,0 +1,105 @@
+"""Feature column names -> what they measure: extractor, view, family, filter, and a readable label.
+
+The one place that parses the feature table's column names (:mod:`radiospine.features.base` builds them)::
+
+    radiomics__<view>__[mean25d_]<filter>_<class>_<feature>   radiomics__sagittal_t2__original_glcm_Contrast
+        family  "radiomics/<class>"   (radiomics/glcm, radiomics/firstorder, radiomics/shape2D, ...)
+        filter  pyradiomics' image type: "original", "log-sigma-1-0-mm-2D", "wavelet-LH", ...
+        slices  "centre slice", or "2.5D mean" for the ``mean25d_`` slice mean
+    radiomics__<view>__n_slices                                  family "radiomics/slices used"
+    cnn__<view>__emb_007                                         family "cnn embedding"
+    key__level, key__side_left                                   family "level and side" (added by the
+                                                                 model driver, :mod:`radiospine.models.condition_models`)
+    <extractor>__<view>__<name> of any other extractor           family "<extractor>"
+
+A name that does not follow these forms is kept whole, with family ``"other"``; nothing fails on a strange name
+(feature names are shown escaped, whatever they hold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from radiospine import vocab
+from radiospine.features.base import SEPARATOR
+from radiospine.features.radiomics import MEAN_PREFIX, N_SLICES_FEATURE
+from radiospine.models.condition_models import KEY_PREFIX, LEVEL_FEATURE, SIDE_FEATURE
+
+#: The series each crop view is cut from (the view names of :data:`radiospine.roi.types.RoiView`).
+VIEW_SERIES: dict[str, str] = {"sagittal_t1": vocab.SAGITTAL_T1, "sagittal_t2": vocab.SAGITTAL_T2,
+                               "axial_t2": vocab.AXIAL_T2}
+#: pyradiomics' feature classes (``shape`` for 3D input, ``shape2D`` for 2D).
+RADIOMICS_CLASSES: frozenset[str] = frozenset(
+    {"shape", "shape2D", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"})
+CNN_FAMILY = "cnn embedding"
+KEY_FAMILY = "level and side"
+OTHER_FAMILY = "other"
+#: The filter of features that have none (CNN, key and unparsed features).
+NO_FILTER = "none"
+_KEY_LABELS = {LEVEL_FEATURE: "level (0 = L1/L2 ... 4 = L5/S1)", SIDE_FEATURE: "side (1 = left, 0 = right)"}
+
+
+@dataclass(frozen=True)
+class FeatureName:
+    """A parsed feature column name.
+
+    Attributes:
+        raw: the column name as given.
+        extractor: ``"radiomics"``, ``"cnn"``, ``"key"`` or another extractor's name (``""`` if unparsed).
+        view: the crop view (``"sagittal_t2"``) or None.
+        family: see the module docstring.
+        filter: the radiomics image filter, or :data:`NO_FILTER`.
+        label: a readable name (``"radiomics, Sagittal T2/STIR: original glcm Contrast"``).
+        short: a compact name for plot axes (at most 48 characters).
+    """
+
+    raw: str
+    extractor: str
+    view: str | None
+    family: str
+    filter: str
+    label: str
+    short: str
+
+
+@lru_cache(maxsize=65536)
+def parse_feature_name(name: str) -> FeatureName:
+    """Parse one feature column name (see the module docstring for the forms)."""
+    if name.startswith(KEY_PREFIX):
+        label = _KEY_LABELS.get(name, name[len(KEY_PREFIX):])
+        return FeatureName(name, "key", None, KEY_FAMILY, NO_FILTER, label, _shorten(label))
+    parts = name.split(SEPARATOR, 2)
+    if len(parts) != 3 or not all(parts):
+        return FeatureName(name, "", None, OTHER_FAMILY, NO_FILTER, name, _shorten(name))
+    extractor, view, feature = parts
+    where = f"{extractor}, {VIEW_SERIES.get(view, view)}"
+    short_view = view.replace("sagittal_", "sag ").replace("axial_", "ax ")
+    if extractor == "cnn":
+        label = f"{where}: {feature.replace('_', ' ')}"
+        return FeatureName(name, extractor, view, CNN_FAMILY, NO_FILTER, label, _shorten(f"cnn {short_view} {feature}"))
+    if extractor != "radiomics":
+        return FeatureName(name, extractor, view, extractor, NO_FILTER, f"{where}: {feature}",
+                           _shorten(f"{extractor} {short_view} {feature}"))
+    if feature == N_SLICES_FEATURE:
+        return FeatureName(name, extractor, view, "radiomics/slices used", NO_FILTER,
+                           f"{where}: slices in the 2.5D mean", _shorten(f"{short_view} n_slices"))
+    slices = ""
+    if feature.startswith(MEAN_PREFIX):
+        feature, slices = feature[len(MEAN_PREFIX):], " (2.5D mean)"
+    pieces = feature.split("_", 2)
+    if len(pieces) != 3 or pieces[1] not in RADIOMICS_CLASSES:
+        return FeatureName(name, extractor, view, "radiomics/other", NO_FILTER, f"{where}: {feature}{slices}",
+                           _shorten(f"{short_view} {feature}{slices and ' mean'}"))
+    image_filter, feature_class, measure = pieces
+    label = f"{where}: {image_filter} {feature_class} {measure}{slices}"
+    short = f"{short_view} {image_filter} {feature_class} {measure}{slices and ' mean'}"
+    return FeatureName(name, extractor, view, f"radiomics/{feature_class}", image_filter, label, _shorten(short))
+
+
+def _shorten(text: str, limit: int = 48) -> str:
+    """``text`` cut in the middle with an ellipsis when longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}\u2026{text[len(text) - (limit - 1 - head):]}"

@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError, field_validator, model_validator)
+
+from radiospine.roi.types import RoiView
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -30,19 +33,217 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SynthQuirks(Section):
+    """Quirks of real data in synthetic studies: the share of series (or studies) showing each; 0 turns it off."""
+
+    instance_offset_rate: float = Field(default=0.002, ge=0.0, le=1.0)
+    reversed_order_rate: float = Field(default=0.03, ge=0.0, le=1.0)
+    two_stacks_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    missing_series_rate: float = Field(default=0.002, ge=0.0, le=1.0)
+
+
 class SynthConfig(Section):
     """Defaults of the synthetic study generator (``radiospine synth``); CLI flags override them."""
 
-    train_studies: int = 60
-    test_studies: int = 20
-    seed: int = 0
+    train_studies: NonNegativeInt = 60
+    test_studies: NonNegativeInt = 20
+    seed: NonNegativeInt = 0
     small: bool = True
+    reader_noise_sd: PositiveFloat = 0.45
+    annotation_jitter_mm: NonNegativeFloat = 0.8
+    extra_point_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    stir_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    shared_sagittal_slab_rate: float = Field(default=0.7, ge=0.0, le=1.0)
+    per_disc_axial_rate: float = Field(default=0.45, ge=0.0, le=1.0)
+    partial_volume_samples: PositiveInt = 3
+    render_spacing_mm: PositiveFloat = 0.5
+    noise_sd: NonNegativeFloat = 0.02
+    quirks: SynthQuirks = SynthQuirks()
+
+
+class RoiShape(Section):
+    """Crop and mask of one base condition's ROI."""
+
+    crop_mm: tuple[PositiveFloat, PositiveFloat]
+    mask_size_mm: PositiveFloat
+
+
+class RoiConfig(Section):
+    """Where and how ROI crops are cut (:mod:`radiospine.roi.cut`); sizes are in mm, not pixels."""
+
+    pixel_mm: PositiveFloat = 0.5
+    neighbour_slices: NonNegativeInt = 1
+    normalise_percentiles: tuple[float, float] = (1.0, 99.5)
+    mask_shape: Literal["disc", "square"] = "disc"
+    spinal_canal_stenosis: RoiShape = RoiShape(crop_mm=(48.0, 48.0), mask_size_mm=16.0)
+    neural_foraminal_narrowing: RoiShape = RoiShape(crop_mm=(40.0, 40.0), mask_size_mm=12.0)
+    subarticular_stenosis: RoiShape = RoiShape(crop_mm=(40.0, 40.0), mask_size_mm=10.0)
+    canal_on_axial: bool = True
+    axial_max_distance_mm: PositiveFloat = 6.0
+    train_centres: Literal["label", "oof"] = "label"
+
+    @field_validator("normalise_percentiles")
+    @classmethod
+    def _percentiles_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] < value[1] <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got {list(value)}")
+        return value
+
+
+class LocalizerConfig(Section):
+    """The level localiser (:mod:`radiospine.roi.localizer`): input grids, model size, training."""
+
+    sagittal_grid_mm: PositiveFloat = 2.5
+    sagittal_grid_px: PositiveInt = 128
+    axial_grid_mm: PositiveFloat = 1.25
+    axial_grid_px: PositiveInt = 96
+    neighbour_slices: NonNegativeInt = 1
+    base_channels: PositiveInt = 16
+    depth: PositiveInt = 4
+    sigma_mm: PositiveFloat = 4.0
+    sigma_normal_mm: PositiveFloat = 3.0
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 16
+    sagittal_slices_per_epoch: PositiveInt = 6
+    axial_slices_per_epoch: PositiveInt = 2
+    learning_rate: PositiveFloat = 2e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    folds: int = Field(default=5, ge=2)
+    min_peak: float = Field(default=0.1, gt=0.0, lt=1.0)
+    foramen_min_offset_mm: NonNegativeFloat = 6.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grids_fit_the_depth(self) -> "LocalizerConfig":
+        for name in ("sagittal_grid_px", "axial_grid_px"):
+            if getattr(self, name) % (2 ** self.depth):
+                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of 2**depth = {2 ** self.depth}")
+        return self
+
+
+class GbmParams(Section):
+    """Booster parameters of every model member (:class:`radiospine.models.ordinal.OrdinalGBMClassifier`)."""
+
+    n_estimators: PositiveInt = 600
+    learning_rate: PositiveFloat = 0.03
+    num_leaves: int = Field(default=15, ge=2)
+    max_depth: int = -1
+    min_child_samples: PositiveInt = 20
+    min_child_weight: NonNegativeFloat = 5.0
+    subsample: float = Field(default=0.8, gt=0.0, le=1.0)
+    colsample: float = Field(default=0.5, gt=0.0, le=1.0)
+    reg_lambda: NonNegativeFloat = 1.0
+    early_stopping_rounds: PositiveInt | None = 50
+    validation_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+
+
+class ModelMember(Section):
+    """One member of the blend: a boosting library and a formulation of the three-class problem."""
+
+    backend: Literal["lightgbm", "xgboost"]
+    formulation: Literal["ordinal", "multiclass"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}_{self.formulation}"
+
+
+class ModelsConfig(Section):
+    """Per-condition GBM training (:mod:`radiospine.models.condition_models`)."""
+
+    members: tuple[ModelMember, ...] = (
+        ModelMember(backend="lightgbm", formulation="ordinal"),
+        ModelMember(backend="xgboost", formulation="ordinal"),
+    )
+    share_sides: bool = True
+    share_levels: bool = True
+    extractors: tuple[str, ...] | None = None
+    sample_weighting: Literal["metric", "none"] = "metric"
+    calibration: Literal["none", "temperature", "vector", "isotonic"] = "temperature"
+    any_severe_adjustment: bool = True
+    blend_step: float = Field(default=0.05, gt=0.0, le=1.0)
+    n_folds: int = Field(default=5, ge=2)
+    seed: int = 0
+    n_jobs: PositiveInt = 2
+    gbm: GbmParams = GbmParams()
+
+    @model_validator(mode="after")
+    def _members_distinct(self) -> "ModelsConfig":
+        names = [member.name for member in self.members]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"members must be one or more distinct backend/formulation pairs, got {names}")
+        if abs(round(1.0 / self.blend_step) * self.blend_step - 1.0) > 1e-9:
+            raise ValueError(f"blend_step={self.blend_step} must divide 1 into whole parts (e.g. 0.05, 0.1)")
+        return self
+
+
+class RadiomicsConfig(Section):
+    """pyradiomics features of the ROI crops (:mod:`radiospine.features.radiomics`)."""
+
+    enabled: bool = True
+    params: str = "radiomics/default.yaml"
+    slice_mean: bool = True
+
+    def params_path(self) -> Path:
+        """The parameter file: absolute, or relative to the shipped ``configs/`` folder."""
+        path = Path(self.params).expanduser()
+        return path if path.is_absolute() else CONFIG_DIR / path
+
+
+class CnnConfig(Section):
+    """The 2.5D CNN embedding (:mod:`radiospine.features.cnn`)."""
+
+    enabled: bool = True
+    checkpoint: str | None = None
+    embedding_size: PositiveInt = 32
+    input_size: PositiveInt = 64
+    slices: PositiveInt = 3
+    widths: tuple[PositiveInt, ...] = (16, 32, 64, 128)
+    epochs: PositiveInt = 6
+    folds: int = Field(default=5, ge=2)
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 2e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> "CnnConfig":
+        if self.slices % 2 == 0:
+            raise ValueError(f"slices={self.slices} must be odd (the centre slice and as many on each side)")
+        if not self.widths:
+            raise ValueError("widths must list at least one block")
+        if self.input_size % (2 ** len(self.widths)):
+            raise ValueError(f"input_size={self.input_size} must be a multiple of 2**len(widths) = "
+                             f"{2 ** len(self.widths)}")
+        return self
+
+
+class FeaturesConfig(Section):
+    """Feature extraction (``radiospine features``): which views and extractors (:mod:`radiospine.features`)."""
+
+    views: tuple[RoiView, ...] = ("sagittal_t1", "sagittal_t2", "axial_t2")
+    radiomics: RadiomicsConfig = RadiomicsConfig()
+    cnn: CnnConfig = CnnConfig()
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "FeaturesConfig":
+        if not self.views or len(set(self.views)) != len(self.views):
+            raise ValueError(f"views must list distinct views, got {list(self.views)}")
+        if not (self.radiomics.enabled or self.cnn.enabled):
+            raise ValueError("enable at least one extractor (radiomics.enabled or cnn.enabled)")
+        return self
 
 
 class RadiospineConfig(Section):
     """The root of ``configs/default.yaml``."""
 
     synth: SynthConfig = SynthConfig()
+    roi: RoiConfig = RoiConfig()
+    localizer: LocalizerConfig = LocalizerConfig()
+    models: ModelsConfig = ModelsConfig()
+    features: FeaturesConfig = FeaturesConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -99,3 +300,15 @@ def config_hash(config: BaseModel) -> str:
     """A short, stable content hash of a config (or one section of it)."""
     text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def add_config_arguments(parser: Any) -> None:
+    """``--config FILE`` and repeatable ``--set key.path=value`` on a runner's ``argparse`` parser."""
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set roi.pixel_mm=0.4 (repeatable)")
+
+
+def config_from_arguments(args: Any) -> RadiospineConfig:
+    """The config named by :func:`add_config_arguments`' options."""
+    return load_config(args.config, args.overrides)

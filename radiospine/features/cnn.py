@@ -1,0 +1,536 @@
+"""CNN embeddings of ROI crops: a small 2.5D backbone written in torch, trained here or loaded from a checkpoint.
+
+Input
+    Each crop gives ``slices`` channels: its centre slice and neighbours (edge slices repeated when the crop has
+    fewer), standardised per crop (zero mean, unit variance over the stack: the series-level normalisation of the
+    ROI cutter fixes the scale between series, this one the contrast between crops) and resized to
+    ``input_size`` x ``input_size`` (bilinear with antialiasing; non-square crops are stretched). A crop with
+    non-finite or constant pixels is a recorded failure.
+Network (:class:`SpineCnn`)
+    ``len(widths)`` blocks of 3x3 conv - batch norm - ReLU - 2x2 max pool, global average pooling and a linear
+    layer to the embedding (``embedding_size``). For training, a head maps ReLU(embedding) together with a
+    one-hot of the crop's base condition (canal, foramen, recess) to the three severities; it is trained with
+    cross-entropy weighted 1/2/4 like the metric. The embedding is what the feature table gets.
+Out-of-fold fitting (:class:`CnnTrainer`)
+    On the training split the studies with labelled crops are split into ``folds`` groups (K-fold over study
+    ids, seeded). Model ``fold_k`` is trained on the other groups and embeds the studies of group k, so every
+    training row's embedding comes from a model that never saw its study; model ``full`` is trained on all of
+    them, embeds the studies without labelled crops (seen by no model) and is the model for the test split
+    (``_cnn/full.pt``). ``_cnn/oof.json`` records which model embedded each study and what each model saw.
+Checkpoints
+    ``<name>.pt`` holds a state dict (``torch.save``; read with ``torch.load(weights_only=True)``) and
+    ``<name>.json`` the architecture and what the model was trained on. ``features.cnn.checkpoint`` may name such
+    a file instead of training.
+Determinism
+    Seeds are fixed (``features.cnn.seed``; fold k uses seed + k + 1), batches are drawn by a seeded numpy
+    generator, every model trains with one compute thread (the fold models train side by side in ``jobs``
+    processes instead) and inference runs in evaluation mode with one thread per worker: the same inputs and
+    seed give bit-identical weights and embeddings whatever ``jobs`` or the scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from radiospine import artifacts, vocab
+from radiospine.config import CnnConfig
+from radiospine.features.base import ExtractionResult, thread_budget
+from radiospine.roi.types import RoiCrop
+
+log = logging.getLogger(__name__)
+
+#: The name of the model trained on every labelled study of the training split.
+FULL_MODEL = "full"
+#: The file recording which model embedded each study.
+OOF_RECORD = "oof.json"
+_TRAIN_ROWS = "train_rows.f16"
+
+
+@dataclass(frozen=True)
+class CnnArchitecture:
+    """What :class:`SpineCnn` is built from (saved beside every checkpoint)."""
+
+    in_channels: int
+    widths: tuple[int, ...]
+    embedding_size: int
+    input_size: int
+    n_conditions: int = len(vocab.BASE_CONDITIONS)
+    n_classes: int = len(vocab.SEVERITIES)
+
+    @classmethod
+    def from_config(cls, config: CnnConfig) -> CnnArchitecture:
+        return cls(in_channels=config.slices, widths=tuple(config.widths), embedding_size=config.embedding_size,
+                   input_size=config.input_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CnnArchitecture:
+        return cls(**{**data, "widths": tuple(data["widths"])})
+
+
+class SpineCnn(nn.Module):
+    """The 2.5D backbone and its training head.
+
+    ``embed(x)``: ``x`` ``(batch, in_channels, input_size, input_size)`` float32 -> ``(batch, embedding_size)``.
+    ``forward(x, condition)``: ``condition`` ``(batch,)`` int64 base-condition index -> ``(batch, 3)`` logits.
+    """
+
+    def __init__(self, architecture: CnnArchitecture) -> None:
+        super().__init__()
+        self.architecture = architecture
+        layers: list[nn.Module] = []
+        channels = architecture.in_channels
+        for width in architecture.widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.embedding = nn.Linear(channels, architecture.embedding_size)
+        self.head = nn.Linear(architecture.embedding_size + architecture.n_conditions, architecture.n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(condition, self.architecture.n_conditions).to(x.dtype)
+        return self.head(torch.cat([F.relu(self.embed(x)), one_hot], dim=1))
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``"auto"`` -> cuda when there is a GPU, else cpu; ``"cuda"`` without a GPU raises."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("features.cnn.device is 'cuda' but torch sees no GPU; set it to 'auto' or 'cpu'")
+    return torch.device(setting)
+
+
+def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tuple[np.ndarray, list[str | None]]:
+    """The network inputs of crops (see the module docstring).
+
+    Returns:
+        ``(n_crops, slices, input_size, input_size)`` float32 (zeros for failed crops) and, per crop, ``None``
+        or the reason it cannot be embedded.
+    """
+    inputs = np.zeros((len(crops), slices, input_size, input_size), dtype=np.float32)
+    errors: list[str | None] = []
+    half = slices // 2
+    for i, crop in enumerate(crops):
+        image = crop.image
+        centre = image.shape[0] // 2
+        stack = image[np.clip(np.arange(centre - half, centre + half + 1), 0, image.shape[0] - 1)].astype(np.float64)
+        if not np.isfinite(stack).all():
+            errors.append("non-finite pixel values in the crop")
+            continue
+        spread = stack.std()
+        if spread == 0:
+            errors.append("constant image (nothing to embed)")
+            continue
+        standardised = torch.from_numpy(((stack - stack.mean()) / spread).astype(np.float32))
+        inputs[i] = F.interpolate(standardised[None], size=(input_size, input_size), mode="bilinear",
+                                  antialias=True, align_corners=False)[0].numpy()
+        errors.append(None)
+    return inputs, errors
+
+
+def embedding_names(size: int) -> list[str]:
+    """``["emb_000", "emb_001", ...]``: the CNN's feature names."""
+    return [f"emb_{i:03d}" for i in range(size)]
+
+
+def base_condition_index(condition: str) -> int:
+    """``"left_subarticular_stenosis"`` -> index of ``"subarticular_stenosis"`` in ``vocab.BASE_CONDITIONS``."""
+    return vocab.BASE_CONDITIONS.index(vocab.split_condition(condition).base)
+
+
+def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
+                   device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Train :class:`SpineCnn` from scratch and return its state dict (on the cpu).
+
+    Args:
+        inputs: ``(n, slices, input_size, input_size)`` rows: an array, or anything whose ``[indices]`` (sorted
+            int64 indices) returns those rows as float32 (the on-disk row file of :class:`CnnTrainer`).
+        labels: ``(n,)`` severity index 0/1/2 of each row.
+        conditions: ``(n,)`` base-condition index of each row.
+        config: ``features.cnn``: architecture, epochs, batch size, learning rate, weight decay.
+        seed: seeds torch (initial weights) and the batch order.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    conditions = np.asarray(conditions, dtype=np.int64)
+    if len(labels) != len(conditions) or len(labels) < 2:
+        raise ValueError(f"need at least 2 labelled rows with one condition each, got {len(labels)} labels and "
+                         f"{len(conditions)} conditions")
+    if labels.min() < 0 or labels.max() >= len(vocab.SEVERITIES):
+        raise ValueError(f"severity labels must be 0..{len(vocab.SEVERITIES) - 1}, got {sorted(set(labels))}")
+    device = device or torch.device("cpu")
+    torch.manual_seed(seed)
+    order_rng = np.random.default_rng(seed)
+    model = SpineCnn(CnnArchitecture.from_config(config)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    class_weights = torch.tensor(vocab.SEVERITY_WEIGHTS, dtype=torch.float32, device=device)
+    model.train()
+    for epoch in range(config.epochs):
+        order = order_rng.permutation(len(labels))
+        total, seen = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = np.sort(order[start:start + config.batch_size])
+            if len(batch) < 2:  # batch norm needs two samples
+                continue
+            x = torch.as_tensor(np.asarray(inputs[batch], dtype=np.float32), device=device)
+            y = torch.as_tensor(labels[batch], device=device)
+            c = torch.as_tensor(conditions[batch], device=device)
+            loss = F.cross_entropy(model(x, c), y, weight=class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        log.info("cnn epoch %d/%d: weighted cross-entropy %.4f", epoch + 1, config.epochs, total / max(seen, 1))
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
+def embed_inputs(model: SpineCnn, inputs: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """``(n, slices, size, size)`` float32 -> ``(n, embedding_size)`` float64 embeddings, in batches."""
+    model.eval()
+    out = np.zeros((len(inputs), model.architecture.embedding_size), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x = torch.as_tensor(inputs[start:start + batch_size], device=device)
+            out[start:start + batch_size] = model.embed(x).double().cpu().numpy()
+    return out
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], architecture: CnnArchitecture,
+                    meta: Mapping[str, Any] | None = None) -> None:
+    """``path`` (``.pt``, the state dict) and ``path.with_suffix(".json")`` (architecture + meta), atomically.
+
+    The JSON is written last: a checkpoint without its JSON is incomplete and is not loaded.
+    """
+    path = Path(path)
+    with artifacts.atomic_path(path) as tmp:
+        torch.save(dict(state_dict), tmp)
+    artifacts.atomic_write_text(path.with_suffix(".json"), json.dumps(
+        {"architecture": architecture.to_json(), "state_sha256": _file_sha256(path), **dict(meta or {})},
+        indent=2, sort_keys=True))
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
+    """The JSON beside a checkpoint, or None when the checkpoint or its JSON is missing or does not match."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if meta.get("state_sha256") == _file_sha256(path) else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CnnArchitecture, dict[str, Any]]:
+    """State dict, architecture and meta of a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CNN checkpoint {path} does not exist; train it with `radiospine features "
+                                f"--split train` or set features.cnn.checkpoint to an existing file")
+    meta = read_checkpoint_meta(path)
+    if meta is None:
+        raise ValueError(f"CNN checkpoint {path}: {path.with_suffix('.json').name} beside it is missing or does "
+                         f"not match the weights (half-written?); train it again")
+    architecture = CnnArchitecture.from_json(meta["architecture"])
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    SpineCnn(architecture).load_state_dict(state_dict)  # raises naming the mismatching tensors
+    return state_dict, architecture, meta
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the extractor ---------------------------------------------------------------------------------------
+
+class CnnExtractor:
+    """Embeddings of crops by one or several trained :class:`SpineCnn` models.
+
+    Args:
+        architecture: of every model.
+        models: model name -> state dict.
+        model_for_study: study id -> the model that embeds it (the out-of-fold assignment); other studies use
+            ``default_model``.
+        default_model: a key of ``models``.
+        slices, input_size: the input preparation (from the architecture when omitted).
+        batch_size: crops per forward pass.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    name = "cnn"
+
+    def __init__(self, architecture: CnnArchitecture, models: Mapping[str, Mapping[str, torch.Tensor]], *,
+                 default_model: str, model_for_study: Mapping[int, str] | None = None, batch_size: int = 64,
+                 device: str = "auto") -> None:
+        self.architecture = architecture
+        self.models = {name: dict(state) for name, state in models.items()}
+        self.default_model = default_model
+        self.model_for_study = {int(study): name for study, name in (model_for_study or {}).items()}
+        self.batch_size = int(batch_size)
+        self.device = device
+        unknown = {self.default_model, *self.model_for_study.values()} - set(self.models)
+        if unknown:
+            raise ValueError(f"CnnExtractor: no weights for model(s) {sorted(unknown)}")
+        self._modules: dict[str, SpineCnn] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64, device: str = "auto") -> CnnExtractor:
+        state_dict, architecture, _ = load_checkpoint(path)
+        name = Path(path).stem
+        return cls(architecture, {name: state_dict}, default_model=name, batch_size=batch_size, device=device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_modules"] = {}
+        return state
+
+    def feature_names(self) -> list[str]:
+        return embedding_names(self.architecture.embedding_size)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps(
+            {"architecture": self.architecture.to_json(), "default": self.default_model,
+             "assignment": sorted(self.model_for_study.items())}, sort_keys=True).encode())
+        for name in sorted(self.models):
+            for key in sorted(self.models[name]):
+                digest.update(f"{name}/{key}".encode())
+                digest.update(self.models[name][key].cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def model_name(self, study_id: int) -> str:
+        """The model that embeds ``study_id``."""
+        return self.model_for_study.get(int(study_id), self.default_model)
+
+    def module(self, name: str) -> SpineCnn:
+        """The ready (evaluation-mode, on the device) network ``name``."""
+        if name not in self._modules:
+            model = SpineCnn(self.architecture)
+            model.load_state_dict(self.models[name])
+            self._modules[name] = model.to(resolve_device(self.device)).eval()
+        return self._modules[name]
+
+    def extract(self, crops: Sequence[RoiCrop]) -> list[ExtractionResult]:
+        inputs, errors = crop_inputs(crops, input_size=self.architecture.input_size,
+                                     slices=self.architecture.in_channels)
+        names = self.feature_names()
+        by_model: dict[str, list[int]] = {}
+        for i, crop in enumerate(crops):
+            if errors[i] is None:
+                by_model.setdefault(self.model_name(crop.roi.study_id), []).append(i)
+        embeddings = np.zeros((len(crops), len(names)))
+        for model_name, rows in by_model.items():
+            embeddings[rows] = embed_inputs(self.module(model_name), inputs[rows], batch_size=self.batch_size,
+                                            device=resolve_device(self.device))
+        results = []
+        for i in range(len(crops)):
+            if errors[i] is None and not np.isfinite(embeddings[i]).all():
+                errors[i] = f"non-finite embedding from model {self.model_name(crops[i].roi.study_id)}"
+            results.append(ExtractionResult.failure(errors[i]) if errors[i] is not None
+                           else ExtractionResult.success(dict(zip(names, embeddings[i].tolist()))))
+        return results
+
+
+# --- out-of-fold training on the split being described --------------------------------------------------------
+
+class CnnTrainer:
+    """The CNN as a :class:`~radiospine.features.base.TrainableExtractor`: fitted out-of-fold on this split.
+
+    Args:
+        config: ``features.cnn``.
+        labels: ``(study_id, condition, level)`` -> severity index 0/1/2 for the graded keys (others absent).
+    """
+
+    name = "cnn"
+
+    def __init__(self, config: CnnConfig, labels: Mapping[tuple[int, str, str], int]) -> None:
+        self.config = config
+        self.labels = {(int(s), str(c), str(lv)): int(v) for (s, c, lv), v in labels.items()}
+
+    def feature_names(self) -> list[str]:
+        return embedding_names(self.config.embedding_size)
+
+    def fingerprint(self) -> str:
+        text = json.dumps({"config": self.config.model_dump(mode="json"),
+                           "labels": sorted([*key, value] for key, value in self.labels.items())}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def prepare(self, crops: Sequence[RoiCrop]) -> dict[str, np.ndarray]:
+        """The embeddable crops' inputs (float16) and keys; crops that cannot be embedded are left out."""
+        inputs, errors = crop_inputs(crops, input_size=self.config.input_size, slices=self.config.slices)
+        keep = [i for i, error in enumerate(errors) if error is None]
+        return {
+            "inputs": inputs[keep].astype(np.float16),
+            "study_id": np.array([crops[i].roi.study_id for i in keep], dtype=np.int64),
+            "condition": np.array([crops[i].roi.condition for i in keep], dtype=str),
+            "level": np.array([crops[i].roi.level for i in keep], dtype=str),
+        }
+
+    def fit(self, workdir: Path, study_ids: Sequence[int], *, threads: int, progress: bool) -> CnnExtractor:
+        """Train the fold models and the full model (reusing complete checkpoints in ``workdir``); see the module
+        docstring. Returns the extractor that embeds each study with its out-of-fold model.
+
+        The models are independent: on the cpu they train in ``threads`` worker processes of one thread each
+        (so the weights do not depend on ``threads``); on a GPU one after the other in this process.
+        """
+        from joblib import Parallel, delayed
+        from sklearn.model_selection import KFold
+
+        config = self.config
+        workdir = Path(workdir)
+        device = resolve_device(config.device)
+        architecture = CnnArchitecture.from_config(config)
+        rows = self._write_training_rows(workdir, sorted(int(s) for s in study_ids))
+        labelled_studies = np.unique(rows["study_id"])
+        if len(labelled_studies) < config.folds:
+            raise ValueError(f"the CNN needs labelled crops from at least features.cnn.folds={config.folds} "
+                             f"studies for out-of-fold embeddings, found {len(labelled_studies)}; lower "
+                             f"features.cnn.folds or name a checkpoint in features.cnn.checkpoint")
+        fold_of_study: dict[int, int] = {}
+        plan: list[tuple[str, np.ndarray, int]] = []
+        for fold, (train_idx, held_idx) in enumerate(
+                KFold(n_splits=config.folds, shuffle=True, random_state=config.seed).split(labelled_studies)):
+            fold_of_study.update({int(s): fold for s in labelled_studies[held_idx]})
+            plan.append((f"fold_{fold}", labelled_studies[train_idx], config.seed + fold + 1))
+        plan.append((FULL_MODEL, labelled_studies, config.seed))
+
+        train_hash = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        models: dict[str, dict[str, torch.Tensor]] = {}
+        to_train = []
+        for name, train_studies, seed in plan:
+            path = workdir / f"{name}.pt"
+            meta = {"train_config_sha256": train_hash, "rows_sha256": rows["sha256"], "seed": seed,
+                    "training_studies": [int(s) for s in train_studies]}
+            saved = read_checkpoint_meta(path)
+            if saved is not None and saved.get("architecture") == architecture.to_json() \
+                    and all(saved.get(key) == value for key, value in meta.items()):
+                log.info("cnn model %s: reusing %s", name, path)
+                models[name] = torch.load(path, map_location="cpu", weights_only=True)
+                continue
+            selected = np.flatnonzero(np.isin(rows["study_id"], train_studies))
+            to_train.append(delayed(_train_and_save)(
+                path, workdir / _TRAIN_ROWS, selected, rows["label"][selected], rows["condition"][selected],
+                config, seed, str(device), meta))
+        bar = tqdm(total=len(plan), initial=len(models), desc="cnn models", unit="model", disable=not progress)
+        workers = 1 if device.type == "cuda" else max(1, min(threads, len(to_train)))
+        try:
+            with Parallel(n_jobs=workers, return_as="generator_unordered") as parallel:
+                for path, state in parallel(to_train):
+                    models[path.stem] = state
+                    bar.update(1)
+        finally:
+            bar.close()
+        record = {
+            "model_for_study": {str(s): f"fold_{k}" for s, k in sorted(fold_of_study.items())},
+            "default_model": FULL_MODEL,
+            "training_studies": {name: [int(s) for s in studies] for name, studies, _ in plan},
+        }
+        artifacts.atomic_write_text(workdir / OOF_RECORD, json.dumps(record, indent=2))
+        return CnnExtractor(architecture, models, default_model=FULL_MODEL,
+                            model_for_study={s: f"fold_{k}" for s, k in fold_of_study.items()},
+                            batch_size=config.batch_size, device=config.device)
+
+    def _write_training_rows(self, workdir: Path, study_ids: list[int]) -> dict[str, Any]:
+        """Gather the labelled prepared rows of all studies into one float16 file (read back by rows).
+
+        Returns ``(n_rows,)`` arrays ``study_id``, ``label`` and ``condition`` (base-condition index), and
+        ``sha256``: a hash of the rows and their labels (a saved model is reused only if it matches).
+        """
+        study_of_row, labels, conditions = [], [], []
+        digest = hashlib.sha256()
+        with artifacts.atomic_path(workdir / _TRAIN_ROWS) as tmp, open(tmp, "wb") as out:
+            for study_id in study_ids:
+                with np.load(workdir / "inputs" / f"study_{study_id}.npz") as prepared:
+                    keys = zip(prepared["study_id"].tolist(), prepared["condition"].tolist(),
+                               prepared["level"].tolist())
+                    found = [(i, self.labels.get((int(s), c, lv))) for i, (s, c, lv) in enumerate(keys)]
+                    found = [(i, label) for i, label in found if label is not None]
+                    if not found:
+                        continue
+                    index = [i for i, _ in found]
+                    block = np.ascontiguousarray(prepared["inputs"][index], dtype=np.float16).tobytes()
+                    out.write(block)
+                    digest.update(block)
+                    study_of_row += [study_id] * len(index)
+                    labels += [label for _, label in found]
+                    conditions += [base_condition_index(str(c)) for c in prepared["condition"][index]]
+        if not labels:
+            raise ValueError("no crop of this split has a label: the CNN cannot be trained; check the labels "
+                             "file or name a checkpoint in features.cnn.checkpoint")
+        rows = {"study_id": np.asarray(study_of_row, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64),
+                "condition": np.asarray(conditions, dtype=np.int64)}
+        for name in ("study_id", "label", "condition"):
+            digest.update(rows[name].tobytes())
+        rows["sha256"] = digest.hexdigest()
+        return rows
+
+
+def _train_and_save(path: Path, rows_path: Path, selected: np.ndarray, labels: np.ndarray, conditions: np.ndarray,
+                    config: CnnConfig, seed: int, device: str, meta: Mapping[str, Any]
+                    ) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Train one model on rows ``selected`` of the row file (one compute thread) and save its checkpoint."""
+    rows = _RowFile(rows_path, (config.slices, config.input_size, config.input_size))
+    try:
+        with thread_budget(1):
+            state = train_backbone(_Subset(rows, selected), labels, conditions, config, seed=seed,
+                                   device=torch.device(device))
+    finally:
+        rows.close()
+    save_checkpoint(path, state, CnnArchitecture.from_config(config), meta)
+    return path, state
+
+
+class _RowFile:
+    """Rows ``(slices, size, size)`` float16 stored back to back in a file; ``rows[indices]`` reads only those.
+
+    Keeps training memory bounded by the batch, whatever the number of crops.
+    """
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...]) -> None:
+        self.row_shape = row_shape
+        self.row_bytes = int(np.prod(row_shape)) * 2
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        data = b"".join(os.pread(self.fd, self.row_bytes, int(i) * self.row_bytes) for i in indices)
+        return np.frombuffer(data, dtype=np.float16).reshape(len(indices), *self.row_shape).astype(np.float32)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Subset:
+    """``rows[indices]`` of a subset of another row source (``indices`` index the subset)."""
+
+    def __init__(self, source: _RowFile, selected: np.ndarray) -> None:
+        self.source = source
+        self.selected = selected
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return self.source[self.selected[indices]]

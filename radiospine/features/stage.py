@@ -1,0 +1,123 @@
+"""The features stage of a split: catalog + ROI centres + ROI cutter + extractors -> ``WORK/features/<split>/``.
+
+What goes in (and is hashed into the manifest, so that a change re-computes the table):
+
+* the studies of the split's catalog (:func:`radiospine.catalog.scan`) and its content hash;
+* the ROI centres (:func:`radiospine.roi.centres.roi_centres`: label coordinates or the localiser's points) and
+  the ``roi`` config, which decide the crops;
+* the ``features`` config: the pyradiomics parameter file's content, and for the CNN either the labels of the
+  training split (the CNN is then trained out-of-fold on this split's crops, see
+  :mod:`radiospine.features.cnn`) or the weights of a checkpoint: ``features.cnn.checkpoint`` when set, else,
+  for the test split, the full model the training split's run saved (``WORK/features/train/_cnn/full.pt``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from radiospine.config import RadiospineConfig, RoiConfig, config_hash
+from radiospine.features.base import Extractor, TrainableExtractor
+from radiospine.features.driver import RunSummary, StudyCrops, compute_features, features_dir
+from radiospine.features.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoiCutter:
+    """study id -> :class:`StudyCrops` cut by :func:`radiospine.roi.cut.crops_for_study` (picklable).
+
+    Attributes:
+        data_dir, split: the data folder and split.
+        coords: the split's ROI centres (a coordinates frame with a ``source`` column), one frame for all studies:
+            it is pickled with every task sent to a worker, and one frame pickles far smaller than many.
+        roi: the ``roi`` config.
+    """
+
+    data_dir: Path
+    split: str
+    coords: pd.DataFrame = field(repr=False)
+    roi: RoiConfig
+
+    def __call__(self, study_id: int) -> StudyCrops:
+        from radiospine.roi.cut import RoiFailure, crops_for_study
+
+        if not (self.coords["study_id"] == int(study_id)).any():
+            raise ValueError(f"study {study_id} has no ROI centres (no coordinates at all)")
+        failures: list[RoiFailure] = []
+        crops = crops_for_study(self.data_dir, self.split, int(study_id), self.coords, self.roi, failures=failures)
+        return StudyCrops(crops, failures)
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A content hash of a frame's values and column names."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path, work_dir: str | Path
+                     ) -> list[Extractor | TrainableExtractor]:
+    """The extractors the ``features`` config enables, for ``split`` (see the module docstring)."""
+    from radiospine.features.radiomics import RadiomicsExtractor
+
+    features = config.features
+    extractors: list[Extractor | TrainableExtractor] = []
+    if features.radiomics.enabled:
+        extractors.append(RadiomicsExtractor(features.radiomics.params_path(),
+                                             slice_mean=features.radiomics.slice_mean))
+    if features.cnn.enabled:
+        from radiospine.features.cnn import FULL_MODEL, CnnExtractor, CnnTrainer
+
+        cnn = features.cnn
+        if cnn.checkpoint is not None or split != "train":
+            checkpoint = Path(cnn.checkpoint).expanduser() if cnn.checkpoint is not None else (
+                features_dir(work_dir, "train") / "_cnn" / f"{FULL_MODEL}.pt")
+            if not checkpoint.is_file():
+                raise FileNotFoundError(
+                    f"CNN checkpoint {checkpoint} does not exist: run `radiospine features --split train` first "
+                    f"(it trains the CNN), set features.cnn.checkpoint, or disable it with features.cnn.enabled=false")
+            extractors.append(CnnExtractor.from_checkpoint(checkpoint, batch_size=cnn.batch_size, device=cnn.device))
+        else:
+            extractors.append(CnnTrainer(cnn, training_labels(data_dir)))
+    return extractors
+
+
+def training_labels(data_dir: str | Path) -> dict[tuple[int, str, str], int]:
+    """``(study_id, condition, level)`` -> severity index of every graded key of ``DATA/train.csv``."""
+    from radiospine.labels import labels_to_long, load_train_labels
+
+    long = labels_to_long(load_train_labels(Path(data_dir) / "train.csv")).dropna(subset=["severity"])
+    return {(int(r.study_id), str(r.condition), str(r.level)): int(r.severity) for r in long.itertuples()}
+
+
+def run_features_stage(data_dir: str | Path, split: str, work_dir: str | Path, config: RadiospineConfig, *,
+                       jobs: int = 1, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Compute (or complete) ``WORK/features/<split>`` and return a summary for the user."""
+    from radiospine.catalog import scan
+    from radiospine.roi.centres import roi_centres
+
+    data_dir, work_dir = Path(data_dir), Path(work_dir)
+    extractors = build_extractors(config, split, data_dir, work_dir)
+    catalog = scan(data_dir, split)
+    study_ids = catalog.study_ids
+    if not study_ids:
+        raise FileNotFoundError(f"{data_dir / f'{split}_images'} holds no study folders")
+    coords = roi_centres(data_dir, split, work_dir, config.roi)
+    cutter = RoiCutter(data_dir, split, coords.sort_values("study_id", kind="stable").reset_index(drop=True),
+                       config.roi)
+    store = FeatureStore(features_dir(work_dir, split))
+    summary: RunSummary = compute_features(
+        study_ids, cutter, extractors, store, config=config.features, catalog_hash=catalog.content_hash(),
+        jobs=jobs, scheduler=scheduler, progress=progress,
+        extra_inputs={"roi_config": config_hash(config.roi), "roi_centres": frame_hash(coords), "split": split})
+    return {"split": split, "table": str(store.root), "studies": summary.studies, "written": summary.written,
+            "skipped": summary.skipped, "studies_without_crops": len(summary.failed), "rois": summary.rois,
+            "seconds": round(summary.seconds, 1),
+            "seconds_per_roi": {name: round(value, 4) for name, value in summary.seconds_per_roi.items()}}

@@ -1,0 +1,215 @@
+"""The feature store: one Parquet shard per study under ``WORK/features/<split>/``, plus a manifest.
+
+Layout::
+
+    WORK/features/<split>/
+        study_<study_id>.parquet   one shard per study: its 25 rows (see radiospine.features.base)
+        _manifest.json             config, config hash, input hashes (catalog, extractors), library versions,
+                                   the column list
+        _lock                      held (flock) by the run writing the folder
+        _<extractor>/              an extractor's own work files (the CNN's prepared inputs and models)
+        _superseded/<when>_<hash>/ what a run with another config or other inputs left here
+
+``pandas.read_parquet("WORK/features/<split>")`` returns the whole table: pyarrow's dataset discovery skips
+names starting with ``_`` or ``.``, and everything besides the shards is named so. Every shard has the same
+columns and dtypes (:meth:`FeatureStore.open` fixes the schema), so the shards concatenate cleanly.
+
+Writes are atomic: a shard is written to a hidden temporary file beside it (``.study_<id>.parquet.*.tmp``) and
+moved into place with ``os.replace``, so a run killed at any moment (SIGKILL) leaves whole shards only; the next
+run removes left-over temporary files and skips the studies whose shard exists.
+
+When the config or the inputs change (the manifest's config hash or input hashes differ, or the column list
+does), the old shards are not reused: everything in the folder is **moved aside** into
+``_superseded/<time>_<old config hash>/`` (logged at WARNING) and the run starts from an empty folder. Nothing
+is deleted, and the moved files stay out of ``read_parquet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from radiospine import artifacts, vocab
+from radiospine.features.base import KEY_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SHARD_PATTERN = re.compile(r"^study_(\d+)\.parquet$")
+SUPERSEDED_DIR = "_superseded"
+LOCK_NAME = "_lock"
+_CONDITION_ORDER = {condition: i for i, condition in enumerate(vocab.CONDITIONS)}
+_LEVEL_ORDER = {level: i for i, level in enumerate(vocab.LEVELS)}
+
+
+class StoreError(ValueError):
+    """The feature folder is in a state a run cannot continue from; the message says what to do."""
+
+
+def table_schema(columns: list[str], string_columns: set[str]) -> pa.Schema:
+    """The Arrow schema of every shard: ``study_id`` int64, string keys and status, float64 features."""
+    fields = []
+    for name in columns:
+        if name == "study_id":
+            fields.append(pa.field(name, pa.int64(), nullable=False))
+        elif name in KEY_COLUMNS or name in string_columns:
+            fields.append(pa.field(name, pa.string(), nullable=False))
+        else:
+            fields.append(pa.field(name, pa.float64()))
+    return pa.schema(fields)
+
+
+class FeatureStore:
+    """The shards and manifest of one split's feature table (see the module docstring).
+
+    Args:
+        root: ``WORK/features/<split>``.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.schema: pa.Schema | None = None
+
+    # --- paths ------------------------------------------------------------------------------------
+    def shard_path(self, study_id: int) -> Path:
+        return self.root / f"study_{int(study_id)}.parquet"
+
+    def workdir(self, name: str) -> Path:
+        """A folder for extractor ``name``'s own files (``root/_<name>``), out of ``read_parquet``'s way."""
+        path = self.root / f"_{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # --- state ------------------------------------------------------------------------------------
+    def done_studies(self) -> set[int]:
+        """Studies whose shard exists."""
+        if not self.root.is_dir():
+            return set()
+        return {int(match.group(1)) for match in map(SHARD_PATTERN.match, os.listdir(self.root)) if match}
+
+    def manifest(self) -> dict[str, Any] | None:
+        return artifacts.read_manifest(self.root)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock: one writing run per folder. The OS releases it when the process dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_NAME, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"another run is writing {self.root} (it holds {self.root / LOCK_NAME}); "
+                                 f"wait for it to finish or stop it") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def open(self, *, config: BaseModel, inputs: Mapping[str, str], schema: pa.Schema,
+             extra: Mapping[str, Any] | None = None) -> None:
+        """Make the folder ready for this config, these inputs and this schema; call it holding :meth:`lock`.
+
+        Shards of a run with the same config hash, input hashes and columns are kept (a resumed run skips
+        them); anything else is moved aside (see the module docstring). Left-over temporary files of a killed
+        run are removed. Then the manifest is (re)written.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        columns = list(schema.names)
+        manifest = self.manifest()
+        done = self.done_studies()
+        if manifest is None and done:
+            raise StoreError(f"{self.root} holds {len(done)} feature shards but no {artifacts.MANIFEST_NAME}, so "
+                             f"their config is unknown; move or delete the folder and run again")
+        if manifest is not None and not (
+                artifacts.is_up_to_date(self.root, config=config, inputs=inputs)
+                and manifest.get("columns") == columns):
+            self._move_aside(manifest)
+        self._remove_temporary_files()
+        artifacts.write_manifest(self.root, stage="features", config=config, inputs=inputs,
+                                 extra={"columns": columns, **dict(extra or {})})
+        self.schema = schema
+
+    def _move_aside(self, manifest: Mapping[str, Any]) -> None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = self.root / SUPERSEDED_DIR / f"{stamp}_{manifest.get('config_hash', 'unknown')}"
+        target, suffix = base, 1
+        while target.exists():
+            suffix += 1
+            target = base.with_name(f"{base.name}-{suffix}")
+        target.mkdir(parents=True)
+        moved = 0
+        # The manifest goes last: a run killed while moving finds it still stale and goes on moving.
+        entries = sorted((p for p in self.root.iterdir() if p.name not in (SUPERSEDED_DIR, LOCK_NAME)),
+                         key=lambda p: p.name == artifacts.MANIFEST_NAME)
+        for path in entries:
+            os.replace(path, target / path.name)
+            moved += 1
+        log.warning("features in %s were made with another config or other inputs: moved %d entries to %s",
+                    self.root, moved, target)
+
+    def _remove_temporary_files(self) -> None:
+        for path in self.root.rglob(".*.tmp"):
+            if SUPERSEDED_DIR not in path.relative_to(self.root).parts:
+                path.unlink(missing_ok=True)
+
+    # --- shards -----------------------------------------------------------------------------------
+    def write_study(self, study_id: int, frame: pd.DataFrame) -> Path:
+        """Write one study's rows atomically. ``frame`` must have exactly the schema's columns (any order)."""
+        if self.schema is None:
+            raise StoreError("FeatureStore.open(...) must be called before write_study")
+        study_id = int(study_id)
+        missing = [name for name in self.schema.names if name not in frame.columns]
+        extra = [name for name in frame.columns if name not in self.schema.names]
+        if missing or extra:
+            raise ValueError(f"study {study_id}: the rows do not match the table's columns "
+                             f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        if not (frame["study_id"] == study_id).all():
+            raise ValueError(f"study {study_id}: rows of other studies in its shard")
+        if frame.duplicated(list(KEY_COLUMNS)).any():
+            raise ValueError(f"study {study_id}: repeated (condition, level) keys")
+        table = pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False)
+        path = self.shard_path(study_id)
+        with artifacts.atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+    def read(self) -> pd.DataFrame:
+        """The whole table, sorted by study, condition and level (vocabulary order); keys are unique."""
+        if not self.done_studies():
+            columns = (self.manifest() or {}).get("columns", list(KEY_COLUMNS))
+            return pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
+        frame = pd.read_parquet(self.root)
+        return sort_table(frame, where=str(self.root))
+
+
+def sort_table(frame: pd.DataFrame, *, where: str = "feature table") -> pd.DataFrame:
+    """Rows sorted by ``study_id``, then condition and level in vocabulary order; repeated keys raise."""
+    if frame.duplicated(list(KEY_COLUMNS)).any():
+        raise StoreError(f"{where}: repeated (study_id, condition, level) keys")
+    order = pd.DataFrame({
+        "study_id": frame["study_id"].to_numpy(),
+        "condition": frame["condition"].map(_CONDITION_ORDER).to_numpy(),
+        "level": frame["level"].map(_LEVEL_ORDER).to_numpy(),
+    }).sort_values(list(KEY_COLUMNS), kind="stable").index
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def read_features(root: str | Path) -> pd.DataFrame:
+    """The feature table of ``WORK/features/<split>``, sorted (see :meth:`FeatureStore.read`)."""
+    root = Path(root)
+    if artifacts.read_manifest(root) is None:
+        raise FileNotFoundError(f"{root} holds no feature table ({artifacts.MANIFEST_NAME} is missing); "
+                                f"run `radiospine features` first")
+    return FeatureStore(root).read()
+

@@ -1,0 +1,540 @@
+"""The per-condition training driver: feature table + long labels -> calibrated, blended GBMs with CV scores.
+
+Input frames
+------------
+features
+    One row per (study_id, condition, level) (snake_case condition with its side, e.g.
+    ``left_subarticular_stenosis``), feature columns ``<extractor>__<view>__<name>`` (numeric) and one status
+    column ``<extractor>__status`` per extractor (``"ok"`` or the failure reasons), as
+    :mod:`radiospine.features.base` defines it. Features of a failed crop are NaN there (its reason is in the
+    status), and the boosters route NaN as missing; the driver requires the status columns and counts the rows
+    whose status is not ``"ok"`` in its report. (A key's status names every view, so a row whose axial crop
+    failed still has valid sagittal features: statuses are not used to blank whole rows.)
+labels
+    Long labels (:mod:`radiospine.labels`): ``study_id, condition, level, severity`` (0/1/2 or ``<NA>``).
+    Missing labels are neither trained on nor scored.
+
+What :func:`train_condition_models` does
+----------------------------------------
+1. Splits the rows into model groups (:func:`model_groups`): one per base condition, further per side when
+   ``share_sides`` is false and per level when ``share_levels`` is false. A group spanning several levels gets
+   the level index as a feature (``key__level``, 0 = L1/L2 .. 4 = L5/S1); one spanning both sides gets
+   ``key__side_left`` (1 left, 0 right).
+2. Assigns every labelled study to one of ``n_folds`` folds (:func:`radiospine.models.cv.assign_study_folds`)
+   and, for each group and member (backend x formulation), predicts every row out of fold, then fits the
+   member on all labelled rows of the group. Training rows are weighted 1/2/4 by true severity when
+   ``sample_weighting`` is ``metric``. Early stopping holds out whole studies.
+3. Per base condition (the metric's spinal / foraminal / subarticular parts): blend weights for the members
+   on the simplex (:mod:`radiospine.models.ensemble`), then a calibrator fitted on the blended out-of-fold
+   probabilities; it is kept only if its cross-fitted (fit on the other folds) weighted log loss beats the
+   uncalibrated one.
+4. An :class:`~radiospine.models.calibration.AnySevereAdjuster` tuned on the out-of-fold predictions against the
+   full metric (kept only if it helps), when ``any_severe_adjustment`` is set.
+5. Scores every stage out of fold with :func:`radiospine.metrics.score`, per fold and per part.
+
+:meth:`TrainedModels.save` writes native boosters (LightGBM text / XGBoost JSON) and ``model_card.json``;
+:meth:`TrainedModels.load` reads them back. No pickle is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+from radiospine import metrics, vocab
+from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
+from radiospine.config import ModelMember, ModelsConfig, config_hash
+from radiospine.csvio import summarize_items
+from radiospine.features.base import SEPARATOR, STATUS_OK, status_column
+from radiospine.models import cv
+from radiospine.models.calibration import (
+    AnySevereAdjuster,
+    Calibrator,
+    IdentityCalibrator,
+    calibrator_from_dict,
+    make_calibrator,
+)
+from radiospine.models.ensemble import blend, fit_blend_weights
+from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
+from radiospine.submission import PREDICTION_KEY_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of the features the driver adds itself (level, side); no extractor may use it.
+KEY_PREFIX = "key__"
+LEVEL_FEATURE = f"{KEY_PREFIX}level"
+SIDE_FEATURE = f"{KEY_PREFIX}side_left"
+MODEL_CARD = "model_card.json"
+OOF_PREDICTIONS = "oof_predictions.csv"
+CARD_FORMAT = "radiospine.condition_models/1"
+N_CLASSES = len(vocab.SEVERITIES)
+_METRIC_WEIGHTS = np.asarray(vocab.SEVERITY_WEIGHTS, dtype=np.float64)
+_FORMULATIONS: dict[str, type[_GBMClassifierBase]] = {
+    "ordinal": OrdinalGBMClassifier,
+    "multiclass": MulticlassGBMClassifier,
+}
+
+
+# --- model groups -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """The rows one model is trained on: a base condition, optionally one side and/or one level.
+
+    ``side`` None means both sides (or the canal, which has none); ``level`` None means all five levels.
+    """
+
+    base: str
+    side: str | None = None
+    level: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``"subarticular_stenosis"``, ``"left_subarticular_stenosis"``, ``"spinal_canal_stenosis.l4_l5"``."""
+        condition = self.base if self.side is None else vocab.join_condition(self.base, self.side)
+        return condition if self.level is None else f"{condition}.{self.level}"
+
+    @property
+    def key_features(self) -> tuple[str, ...]:
+        """The features the driver adds for this group: the level when it spans levels, the side when it
+        spans both sides."""
+        spans_sides = self.base != vocab.SPINAL and self.side is None
+        return (LEVEL_FEATURE,) * (self.level is None) + (SIDE_FEATURE,) * spans_sides
+
+    def rows(self, table: pd.DataFrame) -> np.ndarray:
+        """Boolean mask (n_rows,) of ``table``'s rows (with ``condition`` and ``level`` columns) in this group."""
+        mask = _base_conditions(table["condition"]) == self.base
+        if self.side is not None:
+            sides = table["condition"].map(lambda condition: vocab.split_condition(condition).side)
+            mask = mask & (sides == self.side).to_numpy()
+        if self.level is not None:
+            mask = mask & (table["level"] == self.level).to_numpy()
+        return mask
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"base": self.base, "side": self.side, "level": self.level}
+
+
+def model_groups(conditions: list[str] | tuple[str, ...], share_sides: bool, share_levels: bool) -> list[ModelGroup]:
+    """The model groups covering ``conditions`` (snake_case, with sides), in vocabulary order."""
+    groups: list[ModelGroup] = []
+    for condition in vocab.CONDITIONS:
+        if condition not in conditions:
+            continue
+        parts = vocab.split_condition(condition)
+        side = None if share_sides else parts.side
+        for level in (None,) if share_levels else vocab.LEVELS:
+            group = ModelGroup(parts.base, side, level)
+            if group not in groups:
+                groups.append(group)
+    return groups
+
+
+# --- feature table --------------------------------------------------------------------------------------------
+
+
+def _base_conditions(conditions: pd.Series) -> np.ndarray:
+    """(n_rows,) base condition of each (snake_case, sided) condition."""
+    return conditions.map(lambda condition: vocab.split_condition(condition).base).to_numpy()
+
+
+def _extractor(column: str) -> str:
+    return column.split(SEPARATOR, 1)[0]
+
+
+@dataclass(frozen=True)
+class PreparedFeatures:
+    """A validated feature table.
+
+    ``table``: the key columns (``study_id`` int64, ``condition``, ``level``) and the feature ``columns`` as
+    float64, in the input's row order; ``columns``: the selected extractors' feature columns, in the input's
+    column order; ``failed_rows``: per extractor, how many rows have a status other than ``"ok"``.
+    """
+
+    table: pd.DataFrame
+    columns: list[str]
+    failed_rows: dict[str, int]
+
+
+def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None = None) -> PreparedFeatures:
+    """Validate a feature table (see the module docstring); ``extractors`` limits which are used (None: all).
+
+    Raises ``ValueError`` naming the problem: missing key columns, an id that is not an integer, an unknown
+    condition or level, a repeated (study, condition, level), a non-numeric feature column, an extractor
+    without its status column, an unknown extractor, a column using the reserved ``key__`` prefix, or no
+    feature column at all.
+    """
+    missing = [column for column in PREDICTION_KEY_COLUMNS if column not in features.columns]
+    if missing:
+        raise ValueError(f"the feature table lacks key column(s) {missing}; it needs study_id, condition, level")
+    study_ids = pd.to_numeric(features["study_id"], errors="coerce")
+    bad_ids = study_ids.isna() | (study_ids != study_ids.round())
+    if bad_ids.any():
+        raise ValueError(f"the feature table holds study ids that are not integers: "
+                         f"{summarize_items(features['study_id'][bad_ids].unique().tolist())}")
+    unknown_conditions = sorted(set(features["condition"]) - set(vocab.CONDITIONS))
+    unknown_levels = sorted(set(features["level"]) - set(vocab.LEVELS))
+    if unknown_conditions or unknown_levels:
+        raise ValueError(f"the feature table holds unknown condition(s) {unknown_conditions} / level(s) "
+                         f"{unknown_levels}; expected snake_case names such as {vocab.CONDITIONS[1]!r}, 'l4_l5'")
+    keys = pd.DataFrame({"study_id": study_ids.astype(np.int64).to_numpy(),
+                         "condition": features["condition"].to_numpy(), "level": features["level"].to_numpy()})
+    repeated = keys.duplicated(keep=False)
+    if repeated.any():
+        raise ValueError(f"the feature table repeats (study_id, condition, level): "
+                         f"{summarize_items(keys[repeated].drop_duplicates().itertuples(index=False, name=None))}")
+
+    reserved = [column for column in features.columns if str(column).startswith(KEY_PREFIX)]
+    if reserved:
+        raise ValueError(f"feature column(s) {summarize_items(reserved)} use the prefix {KEY_PREFIX!r} reserved for "
+                         f"the level and side features; rename the extractor")
+    candidates = [column for column in features.columns
+                  if SEPARATOR in str(column) and column != status_column(_extractor(str(column)))]
+    available = sorted({_extractor(column) for column in candidates})
+    if extractors is not None:
+        unknown = sorted(set(extractors) - set(available))
+        if unknown:
+            raise ValueError(f"models.extractors names {unknown}, absent from the feature table (it has "
+                             f"{available})")
+        candidates = [column for column in candidates if _extractor(column) in extractors]
+    if not candidates:
+        raise ValueError("the feature table has no feature column (<extractor>__<name>); run the feature stage")
+    non_numeric = [column for column in candidates
+                   if not is_numeric_dtype(features[column]) or is_bool_dtype(features[column])]
+    if non_numeric:
+        raise ValueError(f"feature column(s) {summarize_items(non_numeric)} are not numeric")
+
+    failed_rows = {}
+    for extractor in sorted({_extractor(column) for column in candidates}):
+        status = status_column(extractor)
+        if status not in features.columns:
+            raise ValueError(f"the feature table has {extractor}{SEPARATOR} features but no {status} column; the "
+                             f"feature stage records each extraction's status there")
+        failed_rows[extractor] = int((features[status].astype(str) != STATUS_OK).sum())
+        if failed_rows[extractor]:
+            logger.info("%s: %d of %d rows have a failed extraction (NaN features)", extractor,
+                        failed_rows[extractor], len(features))
+    values = pd.DataFrame(features[candidates].to_numpy(dtype=np.float64), columns=candidates)
+    return PreparedFeatures(pd.concat([keys, values], axis=1), candidates, failed_rows)
+
+
+def _design_matrix(table: pd.DataFrame, group: ModelGroup, feature_columns: list[str]) -> pd.DataFrame:
+    """The group's rows of ``table`` as the model's input: ``feature_columns`` then the group's key features."""
+    rows = table[group.rows(table)]
+    design = rows[feature_columns].copy()
+    if LEVEL_FEATURE in group.key_features:
+        design[LEVEL_FEATURE] = pd.Index(vocab.LEVELS).get_indexer(rows["level"]).astype(np.float64)
+    if SIDE_FEATURE in group.key_features:
+        sides = rows["condition"].map(lambda condition: vocab.split_condition(condition).side)
+        design[SIDE_FEATURE] = (sides == "left").to_numpy(dtype=np.float64)
+    return design.reset_index(drop=True)
+
+
+def make_member_estimator(member: ModelMember, config: ModelsConfig) -> _GBMClassifierBase:
+    """A new, unfitted estimator of ``member`` with the config's booster parameters."""
+    return _FORMULATIONS[member.formulation](
+        backend=member.backend, random_state=config.seed, n_jobs=config.n_jobs, **config.gbm.model_dump()
+    )
+
+
+# --- trained models -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupModel:
+    """One model group's fitted members. ``feature_columns``: the design matrix's columns, in order
+    (extractor features that were not all-NaN in training, then the key features)."""
+
+    group: ModelGroup
+    feature_columns: tuple[str, ...]
+    members: dict[str, _GBMClassifierBase]
+
+
+@dataclass
+class TrainedModels:
+    """Everything :func:`train_condition_models` fitted, ready to predict and to save.
+
+    ``blend_weights`` and ``calibrators`` are keyed by base condition; ``any_severe`` is None when the
+    adjustment is switched off. ``report`` holds the CV scores and fit details written to the model card;
+    ``oof_predictions`` the final out-of-fold long predictions of the labelled studies' rows.
+    """
+
+    config: ModelsConfig
+    groups: list[GroupModel]
+    blend_weights: dict[str, dict[str, float]]
+    calibrators: dict[str, Calibrator]
+    any_severe: AnySevereAdjuster | None
+    report: dict[str, Any] = field(default_factory=dict)
+    oof_predictions: pd.DataFrame | None = None
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Long predictions for every row of ``features`` (same order): ``study_id, condition, level,
+        normal_mild, moderate, severe``, rows summing to 1.
+
+        Raises ``ValueError`` when the table lacks a feature column a model was trained on, or holds a
+        condition no model was trained for.
+        """
+        table = prepare_features(features, self.config.extractors).table
+        member_proba = {name: np.full((len(table), N_CLASSES), np.nan) for name in self._member_names()}
+        covered = np.zeros(len(table), dtype=bool)
+        for group_model in self.groups:
+            rows = group_model.group.rows(table)
+            if not rows.any():
+                continue
+            extractor_columns = [c for c in group_model.feature_columns if not c.startswith(KEY_PREFIX)]
+            absent = [column for column in extractor_columns if column not in table.columns]
+            if absent:
+                raise ValueError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
+                                 f"{group_model.group.name} was trained on; use the feature config of training")
+            X = _design_matrix(table, group_model.group, extractor_columns)
+            for name, estimator in group_model.members.items():
+                member_proba[name][rows] = cv.class_proba(estimator, X, N_CLASSES)
+            covered |= rows
+        if not covered.all():
+            raise ValueError(f"no model was trained for condition(s) "
+                             f"{sorted(set(table.loc[~covered, 'condition']))}; train with these conditions")
+        proba = np.empty((len(table), N_CLASSES))
+        base = _base_conditions(table["condition"])
+        for base_condition, weights in self.blend_weights.items():
+            rows = base == base_condition
+            blended = blend([member_proba[name][rows] for name in weights], list(weights.values()))
+            proba[rows] = self.calibrators[base_condition].transform(blended)
+        predictions = pd.concat([table[list(PREDICTION_KEY_COLUMNS)],
+                                 pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
+        return predictions if self.any_severe is None else self.any_severe.transform(predictions)
+
+    def _member_names(self) -> list[str]:
+        return [member.name for member in self.config.members]
+
+    # -- saving ------------------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model_card.json``, the boosters under ``groups/<group>/<member>/`` (native formats) and
+        ``oof_predictions.csv`` into ``directory``. Returns the card's path."""
+        directory = Path(directory)
+        groups = []
+        for group_model in self.groups:
+            members = {}
+            for name, estimator in group_model.members.items():
+                relative = Path("groups") / group_model.group.name / name
+                estimator.to_native(directory / relative)
+                members[name] = {"path": relative.as_posix(), "n_rounds": [int(n) for n in estimator.n_rounds_]}
+            groups.append({**group_model.group.to_dict(), "name": group_model.group.name,
+                           "feature_columns": list(group_model.feature_columns), "members": members})
+        card = {
+            "format": CARD_FORMAT,
+            "classes": list(vocab.SEVERITIES),
+            "config": self.config.model_dump(mode="json"),
+            "config_hash": config_hash(self.config),
+            "versions": library_versions(),
+            "groups": groups,
+            "blend_weights": self.blend_weights,
+            "calibration": {base: calibrator.to_dict() for base, calibrator in self.calibrators.items()},
+            "any_severe": None if self.any_severe is None else self.any_severe.to_dict(),
+            "report": self.report,
+        }
+        if self.oof_predictions is not None:
+            with atomic_path(directory / OOF_PREDICTIONS) as tmp:
+                self.oof_predictions.to_csv(tmp, index=False)
+        card_path = directory / MODEL_CARD
+        atomic_write_text(card_path, json.dumps(card, indent=2))
+        return card_path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainedModels:
+        """Read models written by :meth:`save`; predictions equal the saved models' predictions."""
+        directory = Path(directory)
+        card_path = directory / MODEL_CARD
+        try:
+            card = json.loads(card_path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{card_path} does not exist: train the models first (train_condition_models, "
+                                    f"then save)") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{card_path} is not valid JSON ({exc}); train and save the models again") from None
+        if card.get("format") != CARD_FORMAT:
+            raise ValueError(f"{card_path} has format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+        config = ModelsConfig.model_validate(card["config"])
+        formulations = {member.name: member.formulation for member in config.members}
+        groups = []
+        for entry in card["groups"]:
+            members = {name: _FORMULATIONS[formulations[name]].from_native(directory / spec["path"])
+                       for name, spec in entry["members"].items()}
+            groups.append(GroupModel(ModelGroup(entry["base"], entry["side"], entry["level"]),
+                                     tuple(entry["feature_columns"]), members))
+        oof_path = directory / OOF_PREDICTIONS
+        return cls(
+            config=config,
+            groups=groups,
+            blend_weights=card["blend_weights"],
+            calibrators={base: calibrator_from_dict(data) for base, data in card["calibration"].items()},
+            any_severe=None if card["any_severe"] is None else AnySevereAdjuster.from_dict(card["any_severe"]),
+            report=card["report"],
+            oof_predictions=pd.read_csv(oof_path) if oof_path.is_file() else None,
+        )
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+def _long_predictions(keys: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
+    return pd.concat([keys.reset_index(drop=True), pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
+
+
+def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, config: ModelsConfig) -> TrainedModels:
+    """Train, blend, calibrate and score the per-condition models (see the module docstring).
+
+    ``features``: the feature table; ``labels_long``: long labels; ``config``: the ``models`` config section.
+    Only studies with at least one label are used. The labelled rows must cover all three base conditions
+    (the metric has four parts).
+    """
+    prepared = prepare_features(features, config.extractors)
+    table, feature_columns = prepared.table, prepared.columns
+    labels = metrics.as_long_labels(labels_long)
+    table = table.merge(labels, on=list(PREDICTION_KEY_COLUMNS), how="left", validate="one_to_one")
+    labelled_studies = labels.loc[labels["severity"].notna(), "study_id"].unique()
+    in_labelled_study = table["study_id"].isin(labelled_studies).to_numpy()
+    if not in_labelled_study.all():
+        logger.info("%d feature rows belong to studies without labels; they are not used",
+                    (~in_labelled_study).sum())
+    table = table[in_labelled_study].reset_index(drop=True)
+    severity = table["severity"].astype("Float64").fillna(-1).to_numpy(dtype=np.int64)
+    labelled = severity >= 0
+    with_features = labels.merge(table[list(PREDICTION_KEY_COLUMNS)], on=list(PREDICTION_KEY_COLUMNS))
+    unmatched = int(labels["severity"].notna().sum() - with_features["severity"].notna().sum())
+    if unmatched:
+        logger.warning("%d labelled rows have no feature row; they are neither trained on nor scored", unmatched)
+    base = _base_conditions(table["condition"])
+    absent = [b for b in vocab.BASE_CONDITIONS if not (labelled & (base == b)).any()]
+    if absent:
+        raise ValueError(f"no labelled feature rows for {absent}: the models (and the metric's parts) need "
+                         f"all of {list(vocab.BASE_CONDITIONS)}")
+
+    folds = cv.assign_study_folds(labels[labels["study_id"].isin(table["study_id"])], config.n_folds, config.seed)
+    row_fold = table["study_id"].map(folds).to_numpy(dtype=np.int64)
+    train_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)] if config.sample_weighting == "metric" \
+        else np.ones(len(table))
+    members = list(config.members)
+    oof = {member.name: np.full((len(table), N_CLASSES), np.nan) for member in members}
+    group_models, fit_seconds, dropped_columns = [], {}, {}
+
+    for group in model_groups(sorted(set(table["condition"])), config.share_sides, config.share_levels):
+        rows = group.rows(table)
+        group_labelled = labelled[rows]
+        all_nan = table.loc[rows, feature_columns][group_labelled].isna().all(axis=0)
+        columns = [column for column in feature_columns if not all_nan[column]]
+        dropped_columns[group.name] = int(all_nan.sum())
+        X = _design_matrix(table, group, columns)
+        y, weight = severity[rows], train_weight[rows]
+        study, fold = table.loc[rows, "study_id"].to_numpy(), row_fold[rows]
+        fitted, fit_seconds[group.name] = {}, {}
+        for member in members:
+            make = partial(make_member_estimator, member, config)
+            start = time.perf_counter()
+            try:
+                oof[member.name][rows] = cv.out_of_fold_proba(make, X, y, weight, study, fold,
+                                                               n_classes=N_CLASSES, seed=config.seed)
+                fitted[member.name] = cv.fit_grouped(make, X[group_labelled], y[group_labelled],
+                                                     weight[group_labelled], study[group_labelled], config.seed)
+            except ValueError as exc:
+                split = group.level is not None or group.side is not None
+                hint = ("; with share_levels or share_sides false each model sees one level or side only: set "
+                        "them true or add studies") if split else ""
+                raise ValueError(f"model {group.name}, member {member.name}: {exc}{hint}") from exc
+            fit_seconds[group.name][member.name] = round(time.perf_counter() - start, 3)
+            logger.info("trained %s / %s in %.1f s", group.name, member.name, fit_seconds[group.name][member.name])
+        group_models.append(GroupModel(group, tuple(X.columns), fitted))
+
+    keys = table[list(PREDICTION_KEY_COLUMNS)]
+    metric_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)]
+    blend_weights: dict[str, dict[str, float]] = {}
+    calibrators: dict[str, Calibrator] = {}
+    calibration_report: dict[str, dict[str, Any]] = {}
+    blended = np.empty((len(table), N_CLASSES))
+    calibrated = np.empty((len(table), N_CLASSES))
+    for base_condition in vocab.BASE_CONDITIONS:
+        rows = base == base_condition
+        scored = rows & labelled
+        weights = fit_blend_weights([oof[m.name][scored] for m in members], severity[scored],
+                                    metric_weight[scored], step=config.blend_step)
+        blend_weights[base_condition] = {m.name: float(w) for m, w in zip(members, weights, strict=True)}
+        blended[rows] = blend([oof[m.name][rows] for m in members], weights)
+        calibrators[base_condition], calibrated[rows], calibration_report[base_condition] = _fit_calibration(
+            config.calibration, blended, severity, metric_weight, rows, labelled, row_fold)
+
+    scoring_labels = table[[*PREDICTION_KEY_COLUMNS, "severity"]]
+    final = _long_predictions(keys, calibrated)
+    any_severe = None
+    if config.any_severe_adjustment:
+        any_severe = AnySevereAdjuster().fit(final, scoring_labels)
+        final = any_severe.transform(final)
+
+    stages = {m.name: _long_predictions(keys, oof[m.name]) for m in members}
+    stages.update(blend=_long_predictions(keys, blended), calibrated=_long_predictions(keys, calibrated), final=final)
+    cv_scores = {stage: cv.fold_scores(scoring_labels, frame, folds).to_dict(orient="index")
+                 for stage, frame in stages.items()}
+    report = {
+        "n_rows": int(len(table)),
+        "n_labelled_rows": int(labelled.sum()),
+        "n_studies": int(len(folds)),
+        "labelled_rows_without_features": unmatched,
+        "n_feature_columns": len(feature_columns),
+        "failed_extraction_rows": prepared.failed_rows,
+        "all_nan_columns_dropped": dropped_columns,
+        "fit_seconds": fit_seconds,
+        "cv_scores": cv_scores,
+        "weighted_prior_in_sample": _weighted_prior_score(scoring_labels, folds.index),
+        "calibration": calibration_report,
+    }
+    logger.info("out-of-fold score %.4f (members %s)", cv_scores["final"]["all"]["score"],
+                {m.name: round(cv_scores[m.name]["all"]["score"], 4) for m in members})
+    return TrainedModels(config=config, groups=group_models, blend_weights=blend_weights, calibrators=calibrators,
+                         any_severe=any_severe, report=report, oof_predictions=final)
+
+
+def _weighted_prior_score(labels: pd.DataFrame, study_ids: pd.Index) -> dict[str, float] | None:
+    """The metric of the reference baseline (:func:`radiospine.metrics.weighted_prior_predictions`) fitted on
+    ``labels`` themselves, for scale; None when some of the 25 targets has no labelled row (no prior for it)."""
+    labelled = labels[labels["severity"].notna()]
+    if len(labelled[["condition", "level"]].drop_duplicates()) < len(vocab.TARGET_COLUMNS):
+        return None
+    return metrics.score(labels, metrics.weighted_prior_predictions(labels, study_ids)).as_dict()
+
+
+def _fit_calibration(kind: str, proba: np.ndarray, severity: np.ndarray, weight: np.ndarray, rows: np.ndarray,
+                     labelled: np.ndarray, row_fold: np.ndarray) -> tuple[Calibrator, np.ndarray, dict[str, Any]]:
+    """Fit a ``kind`` calibrator on the labelled ``rows`` of out-of-fold ``proba``; keep it only if it helps.
+
+    Its value is judged without optimism: for each fold, a calibrator fitted on the other folds' rows
+    calibrates that fold's rows (cross-fitting), and the weighted log loss of these cross-fitted probabilities
+    is compared with the uncalibrated one. Returns (calibrator fitted on all rows or the identity, the
+    cross-fitted probabilities of ``rows`` (or the uncalibrated ones), a report).
+    """
+    scored = rows & labelled
+    uncalibrated_loss = metrics.weighted_log_loss(proba[scored, severity[scored]], weight[scored])
+    report: dict[str, Any] = {"requested": kind, "kept": "none", "loss_uncalibrated": uncalibrated_loss}
+    if kind == "none":
+        return IdentityCalibrator(), proba[rows], report
+    cross_fitted = np.empty_like(proba)
+    for k in np.unique(row_fold[rows]):
+        train, test = scored & (row_fold != k), rows & (row_fold == k)
+        cross_fitted[test] = make_calibrator(kind).fit(proba[train], severity[train], weight[train]).transform(
+            proba[test])
+    calibrated_loss = metrics.weighted_log_loss(cross_fitted[scored, severity[scored]], weight[scored])
+    report["loss_calibrated_cross_fitted"] = calibrated_loss
+    if calibrated_loss >= uncalibrated_loss:
+        return IdentityCalibrator(), proba[rows], report
+    report["kept"] = kind
+    calibrator = make_calibrator(kind).fit(proba[scored], severity[scored], weight[scored])
+    report["params"] = calibrator.to_dict()["params"]
+    return calibrator, cross_fitted[rows], report

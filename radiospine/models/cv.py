@@ -1,0 +1,161 @@
+"""Study-grouped cross-validation: fold assignment, out-of-fold predictions and the metric per fold and part.
+
+All rows of a study (every condition and level) share one fold, so no study is ever on both sides of a split,
+and the folds are stratified by a per-study severity summary so that each holds a similar mix of studies
+with severe spinal findings (what the ``any_severe_spinal`` part scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from radiospine import metrics, vocab
+from radiospine.labels import LONG_LABEL_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+def study_strata(labels: pd.DataFrame) -> pd.Series:
+    """A severity summary per study: ``3 * max spinal severity + max severity over all 25 targets``.
+
+    ``labels``: long labels (:mod:`radiospine.labels`); missing labels are ignored (a study with none gets 0).
+    Returns an int Series indexed by study_id, values 0..8.
+    """
+    missing = [column for column in LONG_LABEL_COLUMNS if column not in labels.columns]
+    if missing:
+        raise ValueError(f"long labels lack column(s) {missing}")
+    severity = labels["severity"].astype("Float64").fillna(0).astype(np.int64)
+    spinal = labels["condition"].eq(vocab.SPINAL).to_numpy()
+    study_ids = labels["study_id"].astype(np.int64)
+    max_all = severity.groupby(study_ids).max()
+    max_spinal = severity[spinal].groupby(study_ids[spinal]).max().reindex(max_all.index, fill_value=0)
+    return (3 * max_spinal + max_all).rename("stratum")
+
+
+def _merge_rare_strata(strata: pd.Series, n_splits: int) -> pd.Series:
+    """Strata with fewer than ``n_splits`` studies fall back to the all-target maximum, then to the most
+    common stratum, so that every stratum can be spread over the folds."""
+    merged = strata.copy()
+    for fallback in (strata % 3, None):
+        counts = merged.value_counts()
+        rare = merged.isin(counts[counts < n_splits].index)
+        if not rare.any():
+            break
+        merged[rare] = fallback[rare] if fallback is not None else counts.idxmax()
+    return merged
+
+
+def assign_study_folds(labels: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
+    """Fold index (0..n_splits-1) per study, indexed by study_id.
+
+    ``StratifiedGroupKFold`` with one group per study, stratified by :func:`study_strata` (rare strata merged).
+    """
+    strata = _merge_rare_strata(study_strata(labels), n_splits)
+    if len(strata) < n_splits:
+        raise ValueError(f"{len(strata)} labelled studies cannot be split into {n_splits} folds; "
+                         f"lower models.n_folds or add studies")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = pd.Series(-1, index=strata.index, name="fold", dtype=np.int64)
+    for fold, (_, held_out) in enumerate(splitter.split(strata.index, strata.to_numpy(), groups=strata.index)):
+        folds.iloc[held_out] = fold
+    return folds
+
+
+def early_stopping_split(groups: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask (n_rows,) of rows held out for early stopping, whole groups (studies) at a time.
+
+    About ``fraction`` of the groups are held out, stratified by class where ``StratifiedGroupKFold`` can.
+    """
+    n_splits = max(2, round(1.0 / fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_groups} studies are too few to hold out {fraction:.0%} of them for early stopping")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Stratification is best effort here: a class rarer than n_splits is simply spread as far as it goes.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        _, held_out = next(splitter.split(np.zeros(len(y)), y, groups=groups))
+    mask = np.zeros(len(y), dtype=bool)
+    mask[held_out] = True
+    return mask
+
+
+def fit_grouped(make_estimator: Callable[[], object], X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray,
+                groups: np.ndarray, seed: int):
+    """Fit ``make_estimator()`` on all rows; when it early-stops, its ``eval_set`` is a study-grouped split.
+
+    The estimator's ``early_stopping_rounds`` and ``validation_fraction`` parameters decide: with early
+    stopping, :func:`early_stopping_split` holds out whole studies, and the estimator trains on the rest.
+    """
+    estimator = make_estimator()
+    if getattr(estimator, "early_stopping_rounds", None) is None:
+        return estimator.fit(X, y, sample_weight=sample_weight)
+    held_out = early_stopping_split(groups, y, estimator.validation_fraction, seed)
+    return estimator.fit(
+        X[~held_out], y[~held_out], sample_weight=sample_weight[~held_out],
+        eval_set=(X[held_out], y[held_out], sample_weight[held_out]),
+    )
+
+
+def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """``estimator.predict_proba(X)`` spread over all classes ``0..n_classes-1``: (n_rows, n_classes).
+
+    For an estimator fitted on class indices; a class it never saw gets probability 0.
+    """
+    columns = np.asarray(estimator.classes_, dtype=np.int64)
+    proba = np.zeros((len(X), n_classes))
+    proba[:, columns] = estimator.predict_proba(X)
+    return proba
+
+
+def out_of_fold_proba(
+    make_estimator: Callable[[], object],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    sample_weight: np.ndarray,
+    groups: np.ndarray,
+    fold: np.ndarray,
+    *,
+    n_classes: int,
+    seed: int,
+) -> np.ndarray:
+    """Out-of-fold class probabilities (n_rows, n_classes) for every row of ``X``.
+
+    ``y``: (n_rows,) class indices 0..n_classes-1, negative where the label is missing (such rows are
+    predicted but never trained on); ``groups``: (n_rows,) study ids; ``fold``: (n_rows,) fold index per row
+    (constant within a study). For each fold, an estimator is fitted (:func:`fit_grouped`) on the labelled
+    rows of the other folds and predicts that fold's rows (:func:`class_proba`).
+    """
+    proba = np.full((len(y), n_classes), np.nan)
+    labelled = y >= 0
+    for k in np.unique(fold):
+        train = labelled & (fold != k)
+        test = fold == k
+        estimator = fit_grouped(make_estimator, X[train], y[train], sample_weight[train], groups[train], seed + int(k))
+        proba[test] = class_proba(estimator, X[test], n_classes)
+    return proba
+
+
+def fold_scores(labels: pd.DataFrame, predictions: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
+    """The metric of out-of-fold ``predictions`` on each fold's studies and on all studies.
+
+    ``labels``: long labels; ``predictions``: long predictions covering every labelled row; ``folds``: fold per
+    study_id (:func:`assign_study_folds`). Returns one row per fold plus a row ``"all"``, indexed by ``fold``,
+    with the columns of :class:`radiospine.metrics.MetricResult` (``spinal, foraminal, subarticular,
+    any_severe_spinal, score``).
+    """
+    rows = {}
+    study_fold = labels["study_id"].map(folds)
+    if study_fold.isna().any():
+        raise ValueError(f"{study_fold.isna().sum()} label row(s) belong to studies without a fold")
+    for k in sorted(folds.unique()):
+        in_fold = (study_fold == k).to_numpy()
+        rows[str(k)] = metrics.score(labels[in_fold], predictions).as_dict()
+    rows["all"] = metrics.score(labels, predictions).as_dict()
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")

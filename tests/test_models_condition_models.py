@@ -1,0 +1,197 @@
+"""Tests of radiospine.models.condition_models: groups, training driver, predictions, model card, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from radiospine import metrics, vocab
+from radiospine.config import ModelsConfig, config_hash, load_config
+from radiospine.models.condition_models import (
+    LEVEL_FEATURE,
+    MODEL_CARD,
+    SIDE_FEATURE,
+    TrainedModels,
+    model_groups,
+    prepare_features,
+    train_condition_models,
+)
+from radiospine.models.synthetic import FAILURE_REASON, make_feature_table
+
+PROBABILITIES = list(vocab.SEVERITIES)
+
+
+def _config(**overrides) -> ModelsConfig:
+    tree = {"n_folds": 3, "n_jobs": 1,
+            "gbm": {"n_estimators": 40, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": 8}}
+    return ModelsConfig.model_validate({**tree, **overrides})
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_feature_table(n_studies=45, n_features=14, seed=7)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    return train_condition_models(synthetic.features, synthetic.labels, _config())
+
+
+def _assert_valid(predictions: pd.DataFrame, n_rows: int) -> None:
+    assert list(predictions.columns) == ["study_id", "condition", "level", *PROBABILITIES]
+    values = predictions[PROBABILITIES].to_numpy()
+    assert values.shape == (n_rows, 3) and np.all(np.isfinite(values)) and values.min() >= 0
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("share_sides", "share_levels", "n_groups"),
+                         [(True, True, 3), (False, True, 5), (True, False, 15), (False, False, 25)])
+def test_model_groups_follow_the_switches(share_sides, share_levels, n_groups):
+    groups = model_groups(vocab.CONDITIONS, share_sides, share_levels)
+    assert len(groups) == n_groups
+    grid = pd.DataFrame([(c, lv) for c in vocab.CONDITIONS for lv in vocab.LEVELS], columns=["condition", "level"])
+    coverage = np.sum([group.rows(grid) for group in groups], axis=0)
+    assert np.all(coverage == 1)  # every target in exactly one group
+    for group in groups:
+        assert (LEVEL_FEATURE in group.key_features) == share_levels
+        assert (SIDE_FEATURE in group.key_features) == (share_sides and group.base != vocab.SPINAL)
+    assert {g.name for g in model_groups(vocab.CONDITIONS, False, False)} >= {
+        "spinal_canal_stenosis.l1_l2", "left_subarticular_stenosis.l5_s1"}
+
+
+def test_default_config_holds_the_models_section():
+    config = load_config()
+    assert config.models == ModelsConfig()
+    assert [m.name for m in config.models.members] == ["lightgbm_ordinal", "xgboost_ordinal"]
+    with pytest.raises(ValueError, match="distinct"):
+        ModelsConfig.model_validate({"members": [{"backend": "lightgbm", "formulation": "ordinal"}] * 2})
+
+
+def test_training_beats_the_prior_and_reports_every_stage(trained, synthetic):
+    report = trained.report
+    stages = ["lightgbm_ordinal", "xgboost_ordinal", "blend", "calibrated", "final"]
+    assert list(report["cv_scores"]) == stages
+    for stage in stages:
+        assert set(report["cv_scores"][stage]) == {"0", "1", "2", "all"}
+        assert set(report["cv_scores"][stage]["all"]) == {*metrics.PART_NAMES, "score"}
+    final = report["cv_scores"]["final"]["all"]["score"]
+    assert final < report["weighted_prior_in_sample"]["score"] - 0.1
+    assert final <= report["cv_scores"]["blend"]["all"]["score"] + 1e-9
+    for weights in trained.blend_weights.values():
+        assert sum(weights.values()) == pytest.approx(1.0)
+    for base, entry in report["calibration"].items():
+        assert entry["kept"] in ("none", "temperature") and trained.calibrators[base].kind == entry["kept"]
+    assert metrics.score(synthetic.labels, trained.oof_predictions).score == pytest.approx(final)
+
+
+def test_predictions_valid_for_failed_and_nan_rows(trained, synthetic):
+    features = synthetic.features.copy()
+    feature_columns = [c for c in features.columns if "__" in c and not c.endswith("__status")]
+    features.loc[:9, feature_columns] = np.nan
+    features.loc[10:19, feature_columns] = 1e12
+    predictions = trained.predict(features)
+    _assert_valid(predictions, len(features))
+    pd.testing.assert_frame_equal(predictions[["study_id", "condition", "level"]],
+                                  features[["study_id", "condition", "level"]].astype({"study_id": np.int64}))
+
+
+def test_failed_extractions_are_counted_and_partial_failures_keep_their_features(trained, synthetic):
+    assert trained.report["failed_extraction_rows"] == {
+        extractor: int((synthetic.features[f"{extractor}__status"] != "ok").sum()) for extractor in ("cnn", "radiomics")
+    }
+    features = synthetic.features.iloc[:50].copy()
+    # A status naming one failed view of several leaves the row's other features in use.
+    features["radiomics__status"] = f"axial_t2: {FAILURE_REASON}; sagittal_t2: ok"
+    prepared = prepare_features(features)
+    radiomics = [c for c in prepared.columns if c.startswith("radiomics__")]
+    np.testing.assert_array_equal(prepared.table[radiomics].to_numpy(), features[radiomics].to_numpy())
+    assert prepared.failed_rows["radiomics"] == 50
+    pd.testing.assert_frame_equal(trained.predict(features), trained.predict(synthetic.features.iloc[:50]))
+
+
+def test_save_load_round_trip_and_model_card(trained, synthetic, tmp_path):
+    card_path = trained.save(tmp_path / "models")
+    assert card_path.name == MODEL_CARD
+    files = [p for p in (tmp_path / "models").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle", ".joblib")]
+    assert {p.suffix for p in files} == {".json", ".txt", ".csv"}
+    loaded = TrainedModels.load(tmp_path / "models")
+    pd.testing.assert_frame_equal(loaded.predict(synthetic.features), trained.predict(synthetic.features))
+    card = json.loads(card_path.read_text())
+    assert card["classes"] == PROBABILITIES
+    assert card["config_hash"] == config_hash(trained.config)
+    assert {"lightgbm", "scikit-learn", "radiospine"} <= set(card["versions"])
+    assert {"xgboost", "xgboost-cpu"} & set(card["versions"])
+    spinal = next(g for g in card["groups"] if g["name"] == vocab.SPINAL)
+    assert spinal["feature_columns"][-1] == LEVEL_FEATURE and SIDE_FEATURE not in spinal["feature_columns"]
+    assert set(spinal["members"]) == {"lightgbm_ordinal", "xgboost_ordinal"}
+    assert set(card["calibration"]) == set(card["blend_weights"]) == set(vocab.BASE_CONDITIONS)
+    assert card["report"]["cv_scores"]["final"]["all"]["score"] == trained.report["cv_scores"]["final"]["all"][
+        "score"]
+    pd.testing.assert_frame_equal(loaded.oof_predictions, trained.oof_predictions, check_dtype=False)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=MODEL_CARD):
+        TrainedModels.load(tmp_path)
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="format 'other'"):
+        TrainedModels.load(tmp_path)
+
+
+def test_predict_needs_the_training_columns_and_conditions(trained, synthetic):
+    with pytest.raises(ValueError, match="lacks column.*cnn__axial_t2__emb_000"):
+        trained.predict(synthetic.features.drop(columns=["cnn__axial_t2__emb_000"]))
+
+
+def test_per_side_per_level_models_with_a_multiclass_member():
+    # Levels alike and more severe rows, so that every level's model sees all three classes in every fold.
+    synthetic = make_feature_table(n_studies=60, n_features=8, class_fractions=(0.6, 0.25, 0.15), level_effect=0.0,
+                                   seed=8)
+    config = _config(share_sides=False, share_levels=False, calibration="vector", any_severe_adjustment=False,
+                     members=[{"backend": "lightgbm", "formulation": "multiclass"}],
+                     gbm={"n_estimators": 15, "learning_rate": 0.3, "min_child_samples": 5,
+                          "early_stopping_rounds": None})
+    models = train_condition_models(synthetic.features, synthetic.labels, config)
+    assert len(models.groups) == 25 and models.any_severe is None
+    assert all(group.feature_columns[-1].startswith("cnn__") for group in models.groups)  # no key features
+    _assert_valid(models.predict(synthetic.features), len(synthetic.features))
+    only_spinal = synthetic.features[synthetic.features["condition"] == vocab.SPINAL].reset_index(drop=True)
+    _assert_valid(models.predict(only_spinal), len(only_spinal))
+
+
+def test_a_level_model_without_a_class_says_how_to_fix_it(synthetic):
+    with pytest.raises(ValueError, match=r"spinal_canal_stenosis\.l1_l2.*one class.*share_levels"):
+        train_condition_models(synthetic.features, synthetic.labels, _config(share_levels=False))
+
+
+def test_training_needs_every_base_condition(synthetic):
+    spinal = synthetic.features[synthetic.features["condition"] == vocab.SPINAL]
+    with pytest.raises(ValueError, match="no labelled feature rows for"):
+        train_condition_models(spinal, synthetic.labels, _config())
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda f: f.drop(columns=["level"]), "lacks key column"),
+    (lambda f: f.assign(study_id=f["study_id"].astype(str).str.cat(["x"] * len(f))), "not integers"),
+    (lambda f: f.assign(condition="spinal canal"), "unknown condition"),
+    (lambda f: pd.concat([f, f.iloc[:1]]), "repeats"),
+    (lambda f: f.assign(**{"cnn__axial_t2__emb_000": "high"}), "not numeric"),
+    (lambda f: f.drop(columns=["cnn__status"]), "no cnn__status column"),
+    (lambda f: f.assign(key__level=1.0), "reserved"),
+    (lambda f: f[["study_id", "condition", "level"]], "no feature column"),
+])
+def test_prepare_features_rejects_bad_tables(synthetic, mutate, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_features(mutate(synthetic.features.iloc[:30].copy()))
+
+
+def test_prepare_features_selects_extractors(synthetic):
+    prepared = prepare_features(synthetic.features, extractors=("cnn",))
+    assert prepared.columns and all(c.startswith("cnn__") for c in prepared.columns)
+    assert list(prepared.table.columns) == ["study_id", "condition", "level", *prepared.columns]
+    with pytest.raises(ValueError, match="absent from the feature table"):
+        prepare_features(synthetic.features, extractors=("deep",))

@@ -1,0 +1,58 @@
+"""Where ROIs are cut, per split: train-test parity (``roi.train_centres``).
+
+* test split: the localiser's coordinates (``radiospine localize``), since test studies come without any;
+* train split, ``roi.train_centres: label``: the given ``train_label_coordinates.csv``;
+* train split, ``roi.train_centres: oof``: the localiser's out-of-fold predictions
+  (``radiospine train-localizer`` with that setting), so the classifiers learn on ROIs placed the way the test
+  ROIs will be, errors included.
+
+Every frame returned has the coordinates columns of :func:`radiospine.labels.load_label_coordinates` plus
+``source`` (``label``, ``predicted`` or ``fallback``), which :func:`radiospine.roi.cut.crops_for_study` copies
+onto each ROI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from radiospine.config import RoiConfig
+from radiospine.labels import load_label_coordinates
+from radiospine.roi.localizer import localizer_dir, provenance_path
+
+
+def predicted_coordinates_path(work_dir: str | Path, split: str, *, out_of_fold: bool = False) -> Path:
+    """``WORK/localizer/oof_coordinates.csv`` or ``WORK/localizer/{split}_coordinates.csv``."""
+    return localizer_dir(work_dir) / ("oof_coordinates.csv" if out_of_fold else f"{split}_coordinates.csv")
+
+
+def load_predicted_coordinates(path: str | Path) -> pd.DataFrame:
+    """A localiser coordinates file with the ``source`` of each point from the provenance file beside it."""
+    path = Path(path)
+    coords = load_label_coordinates(path)
+    provenance_file = provenance_path(path)
+    if not provenance_file.is_file():
+        raise FileNotFoundError(f"{provenance_file} is missing beside {path}: re-run the localiser that wrote it")
+    provenance = pd.read_csv(provenance_file, usecols=["study_id", "condition", "level", "source"])
+    provenance = provenance[provenance["source"] != "missing"].drop_duplicates(["study_id", "condition", "level"])
+    merged = coords.merge(provenance, on=["study_id", "condition", "level"], how="left", validate="many_to_one")
+    if merged["source"].isna().any():
+        row = merged[merged["source"].isna()].iloc[0]
+        raise ValueError(f"{provenance_file} has no row for study {row.study_id} {row.condition} {row.level} of "
+                         f"{path}: the two files do not belong together; re-run the localiser")
+    return merged
+
+
+def roi_centres(data_dir: str | Path, split: str, work_dir: str | Path, config: RoiConfig) -> pd.DataFrame:
+    """The coordinates to cut a split's ROIs at (see the module docstring), with a ``source`` column."""
+    if split == "train" and config.train_centres == "label":
+        coords = load_label_coordinates(Path(data_dir) / "train_label_coordinates.csv")
+        return coords.assign(source="label")
+    out_of_fold = split == "train"
+    path = predicted_coordinates_path(work_dir, split, out_of_fold=out_of_fold)
+    if not path.is_file():
+        how = ("radiospine train-localizer --data DIR --work WORK --set roi.train_centres=oof" if out_of_fold
+               else f"radiospine localize --data DIR --split {split} --work WORK")
+        raise FileNotFoundError(f"{path} does not exist: the {split} ROI centres come from the localiser; run {how}")
+    return load_predicted_coordinates(path)

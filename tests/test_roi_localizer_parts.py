@@ -1,0 +1,147 @@
+"""Localiser building blocks without data: grids, heatmap targets and their decoding, the U-Net, fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radiospine.config import LocalizerConfig
+from radiospine.io.volume import Volume, make_affine, voxel_to_patient
+from radiospine.roi.localizer import (
+    _interpolate_levels,
+    canonical_axes,
+    decode_peak,
+    grid_affine,
+    heatmap_targets,
+    lateral_offsets_mm,
+    point_on_stack,
+    resample_to_grid,
+    stack_inputs,
+)
+from radiospine.roi.unet import UNet, UNetSpec
+
+
+def sagittal_volume(*, flip_rows: bool = False, reverse_slices: bool = False) -> Volume:
+    """11 sagittal slices 3.5 mm apart, 120 x 100 px of 0.8 x 0.7 mm, with a bright spot at a fixed LPS point."""
+    row_direction = np.array([0.0, 1.0, 0.0])
+    column_direction = np.array([0.0, 0.0, 1.0 if flip_rows else -1.0])
+    normal = np.cross(row_direction, column_direction)  # +x or -x
+    step = normal * 3.5 * (-1 if reverse_slices else 1)
+    origin = np.array([0.0, -35.0, 48.0 if not flip_rows else -47.2]) - 5 * step
+    affine = make_affine(origin, np.concatenate([row_direction, column_direction]), (0.8, 0.7), step)
+    voxels = np.zeros((11, 120, 100), np.float32)
+    volume = Volume(voxels=voxels, affine=affine, instance_numbers=np.arange(1, 12), study_id=1, series_id=2)
+    spot = np.array([0.0, -5.0, 10.0])
+    src = volume.patient_to_voxel(spot[None, :])[0]
+    rows, cols = np.indices((120, 100))
+    voxels[int(round(src[0]))] = np.exp(-(((rows - src[1]) * 0.8) ** 2 + ((cols - src[2]) * 0.7) ** 2) / 8.0)
+    return volume
+
+
+def test_canonical_grid_shows_the_same_picture_whatever_the_image_orientation() -> None:
+    pictures = []
+    for flip_rows, reverse in ((False, False), (True, False), (False, True)):
+        volume = sagittal_volume(flip_rows=flip_rows, reverse_slices=reverse)
+        row_axis, col_axis = canonical_axes(volume.affine, "sagittal")
+        np.testing.assert_allclose(row_axis, [0, 0, -1], atol=1e-12)
+        np.testing.assert_allclose(col_axis, [0, 1, 0], atol=1e-12)
+        grid = grid_affine(volume.affine, 5, np.array([0.0, 0.0, 0.0]), "sagittal", 64, 1.0)
+        # grid slice k is stack slice k
+        np.testing.assert_allclose(voxel_to_patient(grid, np.array([[3, 31.5, 31.5]]))[0, 0],
+                                   volume.voxel_to_patient(np.array([[3, 0, 0]]))[0, 0])
+        pictures.append(resample_to_grid(volume.voxels, volume.affine, grid, 64, 1.0))
+    k_spot = [int(np.argmax(p.reshape(11, -1).max(axis=1))) for p in pictures]
+    assert k_spot[0] == k_spot[1] == 5 and k_spot[2] == 5
+    peaks = [np.unravel_index(p[5].argmax(), p[5].shape) for p in pictures]
+    assert peaks[0] == peaks[1] == peaks[2]
+    # the spot at z = +10 (towards the head) and y = -5 (anterior): above and left of the grid centre
+    assert peaks[0][0] < 31.5 and peaks[0][1] < 31.5
+
+
+@pytest.mark.parametrize("point", [(2.2, -7.3, 4.4), (0.0, 12.6, -20.1)])
+def test_heatmap_target_decodes_back_to_its_point(point: tuple[float, float, float]) -> None:
+    volume = sagittal_volume()
+    grid = grid_affine(volume.affine, 5, np.zeros(3), "sagittal", 64, 2.0)
+    points = np.full((3, 2, 3), np.nan)
+    points[1, 0] = point
+    distance_to_slice_5 = abs(point[0] - volume.voxel_to_patient(np.array([[5, 0, 0]]))[0, 0])
+    target = heatmap_targets(grid, 5, 64, points, sigma_mm=4.0, sigma_normal_mm=3.0)
+    assert target.shape == (3, 64, 64) and target[0].max() == 0 and target[2].max() == 0
+    peak, row, col = decode_peak(target[1])
+    assert peak == pytest.approx(np.exp(-distance_to_slice_5**2 / 18.0), rel=0.03)
+    decoded = voxel_to_patient(grid, np.array([[5, row, col]]))[0]
+    in_plane = np.array(point) - decoded
+    in_plane[0] = 0.0  # the slice plane is x = const
+    assert np.linalg.norm(in_plane) < 0.05  # the parabola fit on the log heatmap is exact for a Gaussian
+
+
+def test_stack_inputs_clamp_at_the_ends_and_unet_shapes() -> None:
+    images = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 32, 32), np.float32)
+    x = stack_inputs(images, [0, 4], 1)
+    assert x.shape == (2, 3, 32, 32) and x[0, :, 0, 0].tolist() == [0, 0, 1] and x[1, :, 0, 0].tolist() == [3, 4, 4]
+    net = UNet(UNetSpec(in_channels=3, out_channels=10, base_channels=4, depth=3))
+    assert net(torch.from_numpy(x)).shape == (2, 10, 32, 32)
+    with pytest.raises(ValueError, match="multiple of"):
+        net(torch.zeros(1, 3, 36, 36))
+
+
+def test_foramen_side_comes_from_geometry_not_instance_order() -> None:
+    for reverse in (False, True):
+        volume = sagittal_volume(reverse_slices=reverse)
+        offsets = lateral_offsets_mm(volume, np.array([0.0, 0.0, 0.0]))
+        x_of_slice = volume.voxel_to_patient(np.stack([np.arange(11), np.zeros(11), np.zeros(11)], 1))[:, 0]
+        np.testing.assert_allclose(offsets, x_of_slice, atol=1e-9)  # + = patient's left, whatever the order
+    instance, x, y = point_on_stack(volume, np.array([7.2, -5.0, 10.0]))
+    assert instance == volume.instance_numbers[int(np.argmin(np.abs(x_of_slice - 7.2)))]
+    np.testing.assert_allclose(volume.voxel_to_patient(np.array([[0, y, x]]))[0, 1:], [-5.0, 10.0], atol=1e-9)
+
+
+def test_missing_levels_are_interpolated_along_the_spine() -> None:
+    found = {"l1_l2": np.array([0.0, 0, 0]), "l3_l4": np.array([0.0, 10, -80]), "l4_l5": np.array([0.0, 20, -120])}
+    filled = _interpolate_levels(found)
+    np.testing.assert_allclose(filled["l2_l3"], [0, 5, -40])
+    np.testing.assert_allclose(filled["l5_s1"], [0, 30, -160])
+    assert _interpolate_levels({"l1_l2": np.zeros(3)}) == {}
+
+
+def test_config_rejects_a_grid_that_does_not_fit_the_depth() -> None:
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
+        LocalizerConfig(sagittal_grid_px=100, depth=4)
+
+
+def gaussian_blob(size: int, row: float, col: float, height: float, sigma_px: float = 2.0) -> np.ndarray:
+    rows, cols = np.indices((size, size))
+    return height * np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * sigma_px**2))
+
+
+def test_levels_are_decoded_together_in_anatomical_order() -> None:
+    from radiospine.roi.localizer import decode_levels
+
+    size = 64
+    grid = np.eye(4)
+    grid[:3, 0] = [0.0, 2.5, 0.0]   # columns towards the back
+    grid[:3, 1] = [0.0, 0.0, -2.5]  # rows towards the feet
+    grid[:3, 2] = [4.0, 0.0, 0.0]
+    disc_rows = [6.0, 20.0, 34.0, 48.0, 61.0]  # 35 mm apart
+    probabilities = np.zeros((2, 5, size, size), np.float32)
+    for level, row in enumerate(disc_rows):
+        probabilities[1, level] = gaussian_blob(size, row, 30.3, 0.6)
+    # L2/L3's channel fires more strongly on the L3/L4 disc, and L3/L4's channel weakly on L2/L3's
+    probabilities[1, 1] = np.maximum(probabilities[1, 1], gaussian_blob(size, 34.0, 30.0, 0.75))
+    probabilities[1, 2] = np.maximum(probabilities[1, 2] * 1.4, gaussian_blob(size, 20.0, 30.0, 0.3))
+    # on slice 0 L5/S1's channel is weak: the point is on slice 1
+    probabilities[0, 4] = gaussian_blob(size, 61.0, 30.0, 0.2)
+    independent = [int(np.unravel_index(probabilities[:, lv].max(axis=0).argmax(), (size, size))[0])
+                   for lv in range(5)]
+    assert independent[1] == independent[2] == 34  # decoding each channel alone puts two levels on one disc
+    decoded = decode_levels(probabilities, grid, [[0, 1]] * 5, min_peak=0.1)
+    rows = [(-(point[2] - grid[2, 3]) / 2.5) for _, point in decoded]
+    np.testing.assert_allclose(rows, disc_rows, atol=0.3)
+    assert [round(float(point[0]) / 4.0) for _, point in decoded] == [1] * 5  # all on slice 1
+    np.testing.assert_allclose([point[1] / 2.5 for _, point in decoded][0], 30.3, atol=0.2)
+    # a level without any peak above min_peak stays unassigned; the others keep their discs
+    probabilities[:, 3] *= 0.1
+    decoded = decode_levels(probabilities, grid, [[0, 1]] * 5, min_peak=0.1)
+    assert decoded[3] is None and decoded[4] is not None
+    assert decode_levels(probabilities, grid, [[]] * 5, min_peak=0.1) == [None] * 5

@@ -11,10 +11,17 @@ CONFIG ?= configs/default.yaml
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo synth features train-gbm predict report report-check chromium bench clean help
+RS := $(VENV)/bin/radiospine
+RUN_ARGS = --config $(CONFIG)
+SUBMISSION ?= $(WORK)/submission.csv
+REPORT ?= reports/demo
+
+.PHONY: install test demo synth train-localizer features train-gbm predict score report report-check chromium \
+	bench clean help
 
 help:
-	@echo "make demo | test | install | synth | features | train-gbm | predict | report | bench | clean"
+	@echo "make demo | test | install | synth | train-localizer | features | train-gbm | predict | score | report | bench | clean"
+	@echo "DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) JOBS=$(JOBS)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +43,36 @@ chromium:
 # Render a small synthetic report and open it in headless Chromium: sections shown, no console errors, no network.
 report-check: $(STAMP) chromium
 	$(PY) -m pytest tests/test_report.py -m browser $(PYTEST_ARGS)
+
+# --- the pipeline's stages (DATA, WORK, CONFIG and JOBS can be set on the command line) ---------------------
+synth: $(STAMP)
+	$(RS) synth --out $(DATA) $(RUN_ARGS)
+
+train-localizer: $(STAMP)
+	$(RS) train-localizer --data $(DATA) --work $(WORK) $(RUN_ARGS)
+
+features: $(STAMP)
+	$(RS) features --data $(DATA) --split train --work $(WORK) --jobs $(JOBS) $(RUN_ARGS)
+
+train-gbm: $(STAMP)
+	$(RS) train-gbm --data $(DATA) --work $(WORK) --jobs $(JOBS) $(RUN_ARGS)
+
+predict: $(STAMP)
+	$(RS) predict --data $(DATA) --split test --work $(WORK) --out $(SUBMISSION) --jobs $(JOBS) $(RUN_ARGS)
+
+score: $(STAMP)
+	$(RS) score --labels $(DATA)/truth/test_labels.csv --pred $(SUBMISSION)
+
+report: $(STAMP)
+	$(RS) report --data $(DATA) --work $(WORK) --out $(REPORT) $(RUN_ARGS)
+
+# The whole pipeline on a small synthetic set: synth -> localiser -> features -> GBMs -> submission -> score -> report.
+demo: CONFIG = configs/demo.yaml
+demo: $(STAMP)
+	@test -f $(DATA)/truth/manifest.json || $(MAKE) --no-print-directory synth CONFIG=$(CONFIG)
+	@test -f $(WORK)/localizer/localizer.json || $(MAKE) --no-print-directory train-localizer CONFIG=$(CONFIG)
+	$(MAKE) --no-print-directory train-gbm predict report CONFIG=$(CONFIG)
+	@$(PY) -m pipelines.demo_summary --data $(DATA) --submission $(SUBMISSION) --report $(REPORT)
 
 clean:
 	rm -rf demo build dist *.egg-info .pytest_cache

@@ -16,6 +16,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pipelines.score", "score a submission against labels with the competition metric"),
     "validate-submission": ("pipelines.validate_submission", "check a submission file against a data folder"),
     "catalog": ("pipelines.catalog", "scan a data folder and summarise its studies and series"),
+    "train-localizer": ("pipelines.train_localizer", "train the level localiser on the training coordinates"),
+    "localize": ("pipelines.localize", "find the 25 coordinates of every study of a split with the localiser"),
+    "export-crops": ("pipelines.export_crops", "write ROI crops as PNG with an index CSV and image-text pairs"),
+    "roi-qa": ("pipelines.roi_qa", "draw one study's ROIs on its series (a PNG for quality checks)"),
+    "features": ("pipelines.features", "compute a split's feature table (radiomics, CNN embeddings)"),
+    "synth": ("pipelines.synth", "write a synthetic data set in the Kaggle layout, with its truth"),
+    "synth-preview": ("pipelines.synth_preview", "draw a study's sagittal and axial slices with its label points"),
+    "train-gbm": ("pipelines.train_gbm", "train the per-condition ordinal GBMs (computes train features first)"),
+    "predict": ("pipelines.predict", "localise, describe and grade a split's studies: the submission CSV"),
+    "report": ("pipelines.report", "write the self-contained HTML report (SHAP explanations per prediction)"),
 }
 
 

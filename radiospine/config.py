@@ -98,11 +98,11 @@ class LocalizerConfig(Section):
     axial_grid_mm: PositiveFloat = 1.25
     axial_grid_px: PositiveInt = 96
     neighbour_slices: NonNegativeInt = 1
-    base_channels: PositiveInt = 16
+    base_channels: PositiveInt = 8
     depth: PositiveInt = 4
-    sigma_mm: PositiveFloat = 4.0
+    sigma_mm: PositiveFloat = 5.0
     sigma_normal_mm: PositiveFloat = 3.0
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 8
     batch_size: PositiveInt = 16
     sagittal_slices_per_epoch: PositiveInt = 6
     axial_slices_per_epoch: PositiveInt = 2
@@ -165,7 +165,7 @@ class ModelsConfig(Section):
     blend_step: float = Field(default=0.05, gt=0.0, le=1.0)
     n_folds: int = Field(default=5, ge=2)
     seed: int = 0
-    n_jobs: PositiveInt = 2
+    n_jobs: PositiveInt = 1
     gbm: GbmParams = GbmParams()
 
     @model_validator(mode="after")

@@ -101,3 +101,33 @@ def test_fold_scores_per_fold_and_part(labels):
     assert scores.loc["all"].to_dict() == metrics.score(labels, predictions).as_dict()
     in_fold_1 = labels["study_id"].map(folds).eq(1).to_numpy()
     assert scores.loc["1", "score"] == metrics.score(labels[in_fold_1], predictions).score
+
+
+def test_rare_class_is_never_held_out_of_training_by_early_stopping():
+    """Regression: with 12 studies, the severe class of one study ended up only in the early-stopping hold-out,
+    and the booster refused an eval_set with a class it never trained on."""
+    from radiospine.models.ordinal import OrdinalGBMClassifier
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), 5)
+    y = np.zeros(len(groups), dtype=np.int64)
+    y[groups % 3 == 0] = 1
+    y[groups == 4] = 2  # the only severe study
+    X = pd.DataFrame({"f": rng.normal(size=len(y)) + y})
+    make = lambda: OrdinalGBMClassifier(n_estimators=10, early_stopping_rounds=3, validation_fraction=0.3,  # noqa: E731
+                                        min_child_samples=2)
+    for seed in range(6):
+        fitted = cv.fit_grouped(make, X, y, np.ones(len(y)), groups, seed)
+        assert list(fitted.classes_) == [0, 1, 2]
+
+
+def test_too_few_studies_for_early_stopping_fit_without_it():
+    """Regression: 4 studies in a training fold made early stopping raise instead of fitting."""
+    from radiospine.models.ordinal import OrdinalGBMClassifier
+
+    groups = np.repeat(np.arange(4), 6)
+    y = np.tile([0, 1, 2], 8)
+    X = pd.DataFrame({"f": y + np.linspace(0, 1, len(y))})
+    make = lambda: OrdinalGBMClassifier(n_estimators=7, early_stopping_rounds=3, min_child_samples=2)  # noqa: E731
+    fitted = cv.fit_grouped(make, X, y, np.ones(len(y)), groups, 0)
+    assert fitted.early_stopping_rounds is None and list(fitted.n_rounds_) == [7, 7]

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -287,16 +288,7 @@ class TrainedModels:
         table = prepare_features(features, self.config.extractors).table
         member_proba = {name: np.full((len(table), N_CLASSES), np.nan) for name in self._member_names()}
         covered = np.zeros(len(table), dtype=bool)
-        for group_model in self.groups:
-            rows = group_model.group.rows(table)
-            if not rows.any():
-                continue
-            extractor_columns = [c for c in group_model.feature_columns if not c.startswith(KEY_PREFIX)]
-            absent = [column for column in extractor_columns if column not in table.columns]
-            if absent:
-                raise ValueError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
-                                 f"{group_model.group.name} was trained on; use the feature config of training")
-            X = _design_matrix(table, group_model.group, extractor_columns)
+        for group_model, rows, X in self.design_matrices(features):
             for name, estimator in group_model.members.items():
                 member_proba[name][rows] = cv.class_proba(estimator, X, N_CLASSES)
             covered |= rows
@@ -312,6 +304,25 @@ class TrainedModels:
         predictions = pd.concat([table[list(PREDICTION_KEY_COLUMNS)],
                                  pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
         return predictions if self.any_severe is None else self.any_severe.transform(predictions)
+
+    def design_matrices(self, features: pd.DataFrame) -> Iterator[tuple[GroupModel, np.ndarray, pd.DataFrame]]:
+        """Per model group with rows in ``features``: ``(group model, row mask over features, X)``, where ``X`` is
+        the group's design matrix (its ``feature_columns``, in order) — what the members predict from and what
+        their SHAP values explain.
+
+        Raises ``ValueError`` when the table lacks a feature column a model was trained on.
+        """
+        table = prepare_features(features, self.config.extractors).table
+        for group_model in self.groups:
+            rows = group_model.group.rows(table)
+            if not rows.any():
+                continue
+            extractor_columns = [c for c in group_model.feature_columns if not c.startswith(KEY_PREFIX)]
+            absent = [column for column in extractor_columns if column not in table.columns]
+            if absent:
+                raise ValueError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
+                                 f"{group_model.group.name} was trained on; use the feature config of training")
+            yield group_model, rows, _design_matrix(table, group_model.group, extractor_columns)
 
     def _member_names(self) -> list[str]:
         return [member.name for member in self.config.members]

@@ -67,6 +67,10 @@ def assign_study_folds(labels: pd.DataFrame, n_splits: int, seed: int) -> pd.Ser
     return folds
 
 
+#: How many study-grouped early-stopping splits to try before fitting without early stopping.
+_SPLIT_ATTEMPTS = 10
+
+
 def early_stopping_split(groups: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A boolean mask (n_rows,) of rows held out for early stopping, whole groups (studies) at a time.
 
@@ -96,11 +100,23 @@ def fit_grouped(make_estimator: Callable[[], object], X: pd.DataFrame, y: np.nda
     estimator = make_estimator()
     if getattr(estimator, "early_stopping_rounds", None) is None:
         return estimator.fit(X, y, sample_weight=sample_weight)
-    held_out = early_stopping_split(groups, y, estimator.validation_fraction, seed)
-    return estimator.fit(
-        X[~held_out], y[~held_out], sample_weight=sample_weight[~held_out],
-        eval_set=(X[held_out], y[held_out], sample_weight[held_out]),
-    )
+    classes = set(np.unique(y).tolist())
+    n_groups = len(np.unique(groups))
+    if n_groups < max(2, round(1.0 / estimator.validation_fraction)):
+        logger.warning("%d studies are too few for a study-grouped early-stopping split; fitting without early "
+                       "stopping", n_groups)
+        return estimator.set_params(early_stopping_rounds=None).fit(X, y, sample_weight=sample_weight)
+    for attempt in range(_SPLIT_ATTEMPTS):
+        held_out = early_stopping_split(groups, y, estimator.validation_fraction, seed + 7919 * attempt)
+        if set(np.unique(y[~held_out]).tolist()) == classes:
+            return estimator.fit(
+                X[~held_out], y[~held_out], sample_weight=sample_weight[~held_out],
+                eval_set=(X[held_out], y[held_out], sample_weight[held_out]),
+            )
+    # A class so rare that every study-grouped hold-out takes all of it: train on everything, stop at n_estimators.
+    logger.warning("no early-stopping split keeps every class %s in training (%d studies); fitting without "
+                   "early stopping", sorted(classes), len(np.unique(groups)))
+    return estimator.set_params(early_stopping_rounds=None).fit(X, y, sample_weight=sample_weight)
 
 
 def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """`radiospine localize --data DIR --split test --work WORK --out coords.csv`: find the 25 points of every study.
 
-Writes the coordinates in the ``train_label_coordinates.csv`` layout (default ``WORK/localizer/{split}_coordinates.csv``),
-with ``<out>.provenance.csv`` (predicted / fallback / missing and how, per point) and ``<out>.summary.json`` beside.
+Writes the coordinates in the ``train_label_coordinates.csv`` layout (default
+``WORK/localizer/{split}_coordinates.csv``), with ``<out>.provenance.csv`` (predicted / fallback / missing and how,
+per point) and ``<out>.summary.json`` beside.
 ``--truth FILE`` evaluates the points against known coordinates (errors in mm, instance, level).
 """
 
@@ -18,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder in the Kaggle layout")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--work", required=True, help="work folder holding WORK/localizer (train-localizer)")
-    parser.add_argument("--out", default=None, help="coordinates CSV to write (default WORK/localizer/{split}_coordinates.csv)")
+    parser.add_argument("--out", default=None,
+                        help="coordinates CSV to write (default WORK/localizer/{split}_coordinates.csv)")
     parser.add_argument("--truth", default=None, help="coordinates CSV of the same studies to evaluate against")
     add_config_arguments(parser)
 

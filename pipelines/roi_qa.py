@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", required=True, help="work folder (the localiser's coordinates for predicted centres)")
     parser.add_argument("--study", required=True, type=int, help="study id")
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--coords", default=None, help="draw these coordinates instead (train_label_coordinates layout)")
+    parser.add_argument("--coords", default=None,
+                        help="draw these coordinates instead (train_label_coordinates layout)")
     add_config_arguments(parser)
 
 

@@ -174,4 +174,5 @@ def inside_image(shape: tuple[int, int, int], x: np.ndarray, y: np.ndarray, marg
     """Whether fractional pixel positions lie inside the ``(n_slices, n_rows, n_cols)`` image plane."""
     _, rows, cols = shape
     x, y = np.asarray(x, float), np.asarray(y, float)
-    return (x >= -0.5 - margin_px) & (x <= cols - 0.5 + margin_px) & (y >= -0.5 - margin_px) & (y <= rows - 0.5 + margin_px)
+    return ((x >= -0.5 - margin_px) & (x <= cols - 0.5 + margin_px)
+            & (y >= -0.5 - margin_px) & (y <= rows - 0.5 + margin_px))

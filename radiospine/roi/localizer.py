@@ -441,7 +441,7 @@ def training_stacks_for_study(study: StudySeries, coords: pd.DataFrame, config: 
                 sagittal_points[5 + i, j] = points[(condition, level)]
     if np.isfinite(sagittal_points).any():
         for description in (vocab.SAGITTAL_T1, vocab.SAGITTAL_T2):
-            for series_id, series_stacks in study.by_type.get(description, []):
+            for _, series_stacks in study.by_type.get(description, []):
                 stack = series_stacks[int(np.argmax([s.shape[0] for s in series_stacks]))]
                 grid = sagittal_grid(stack, config)
                 images = resample_to_grid(_load_normalised(stack, 0, stack.shape[0]), stack.affine, grid,
@@ -913,8 +913,8 @@ def _axial_points(localizer: Localizer, study: StudySeries, canal: dict[str, np.
         scores = probabilities.reshape(len(candidates), len(AXIAL_CHANNELS), -1).max(axis=2).sum(axis=1)
         best = int(np.argmax(scores))
         c = candidates[best]
-        note = "; ".join(filter(None, [assigned_note, "" if c == k else
-                                       f"axial slice moved from the projected instance {int(stack.instance_numbers[k])}"]))
+        moved = "" if c == k else f"axial slice moved from the projected instance {int(stack.instance_numbers[k])}"
+        note = "; ".join(filter(None, [assigned_note, moved]))
         for channel, condition in enumerate(AXIAL_CHANNELS):
             peak, r, col = decode_peak(probabilities[best, channel])
             source = "fallback" if assigned_note else "predicted"
@@ -996,8 +996,8 @@ def evaluate_points(catalog: Catalog, predicted: pd.DataFrame, truth: pd.DataFra
 
 
 def summarise_evaluation(evaluation: pd.DataFrame) -> dict:
-    """Per base condition, per condition and overall: points, share found, error median / 95th percentile (3D and in-plane),
-    share on the right instance, share at the wrong level (of the found points)."""
+    """Per base condition, per condition and overall: points, share found, error median / 95th percentile (3D and
+    in-plane), share on the right instance, share at the wrong level (of the found points)."""
     def summary(frame: pd.DataFrame) -> dict:
         found = frame[frame["found"]]
         return {

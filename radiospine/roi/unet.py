@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 #: Initial bias of the output logits (a background prior, as in RetinaNet), so training starts from "no peak".
 HEAD_BIAS = -4.0
 

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.features.store import read_features
     from radiospine.models.condition_models import TrainedModels
     from radiospine.roi.localizer import localize
-    from radiospine.submission import build_submission, fill_missing_with_prior, study_ids_of_split, write_submission
+    from radiospine.submission import build_submission, study_ids_of_split, write_submission
 
     config = config_from_arguments(args)
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
@@ -62,18 +62,14 @@ def run(args: argparse.Namespace) -> int:
     timings["features"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    feature_columns = [c for c in features.columns if c not in KEY_COLUMNS and not c.endswith(f"{SEPARATOR}status")]
-    described = features[feature_columns].notna().any(axis=1)
+    completed, filled = models.predict_studies(features, study_ids, prior)
     status_columns = [c for c in features.columns if c.endswith(f"{SEPARATOR}status")]
-    predictions = models.predict(features[described].reset_index(drop=True))
-    completed, filled = fill_missing_with_prior(predictions, study_ids, prior)
     submission = build_submission(completed, study_ids)
     write_submission(submission, out, expected_study_ids=study_ids)
     timings["predict"] = time.perf_counter() - step
 
     if len(filled):
-        reasons = features.loc[~described, [*KEY_COLUMNS, *status_columns]]
-        filled = filled.merge(reasons, on=list(KEY_COLUMNS), how="left")
+        filled = filled.merge(features[[*KEY_COLUMNS, *status_columns]], on=list(KEY_COLUMNS), how="left")
         with artifacts.atomic_path(out.with_name(f"{out.stem}.filled.csv")) as tmp:
             filled.to_csv(tmp, index=False)
         by_study = filled.groupby("study_id").size()

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from pipelines.train_gbm import models_dir
+    from pipelines.train_gbm import PRIOR_FILE, models_dir
     from radiospine import artifacts
     from radiospine.catalog import scan
     from radiospine.features.driver import features_dir
@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     models = TrainedModels.load(models_dir(work))
     card = json.loads((models_dir(work) / MODEL_CARD).read_text())
     features = read_features(features_dir(work, args.split))
-    predictions = models.predict(features)
     catalog = scan(data, args.split)
+    # the submission's predictions: the models where a row has features, the training prior where it has none
+    predictions, _ = models.predict_studies(features, catalog.study_ids, pd.read_csv(models_dir(work) / PRIOR_FILE))
     cv_scores = pd.DataFrame.from_dict(card["report"]["cv_scores"]["final"], orient="index").rename_axis("fold")
     manifest = artifacts.read_manifest(models_dir(work)) or {}
     inputs = ReportInputs(

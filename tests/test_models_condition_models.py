@@ -195,3 +195,25 @@ def test_prepare_features_selects_extractors(synthetic):
     assert list(prepared.table.columns) == ["study_id", "condition", "level", *prepared.columns]
     with pytest.raises(ValueError, match="absent from the feature table"):
         prepare_features(synthetic.features, extractors=("deep",))
+
+
+def test_predict_studies_fills_undescribed_and_absent_rows_from_the_prior(trained, synthetic):
+    """Rows without any extracted feature, and studies without feature rows, take the prior; the rest the models."""
+    from radiospine.metrics import weighted_prior
+
+    features = synthetic.features.copy()
+    feature_columns = [c for c in features.columns if "__" in c and not c.endswith("__status")]
+    study_ids = sorted(features["study_id"].unique())
+    first, absent = study_ids[0], study_ids[-1]
+    features.loc[features["study_id"] == first, feature_columns] = np.nan
+    features = features[features["study_id"] != absent]
+    prior = weighted_prior(synthetic.labels, pseudo_count=1.0)
+    predictions, filled = trained.predict_studies(features, study_ids, prior)
+    _assert_valid(predictions, 25 * len(study_ids))
+    assert set(filled["study_id"]) == {first, absent} and len(filled) == 50
+    from_prior = predictions[predictions["study_id"].isin([first, absent])]
+    np.testing.assert_allclose(from_prior[PROBABILITIES].to_numpy(),
+                               np.tile(prior[PROBABILITIES].to_numpy(), (2, 1)))
+    modelled = predictions[predictions["study_id"] == study_ids[1]].reset_index(drop=True)
+    direct = trained.predict(features[features["study_id"] == study_ids[1]]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(modelled[PROBABILITIES], direct[PROBABILITIES])

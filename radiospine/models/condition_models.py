@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,7 @@ from radiospine.models.calibration import (
 )
 from radiospine.models.ensemble import blend, fit_blend_weights
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
-from radiospine.submission import PREDICTION_KEY_COLUMNS
+from radiospine.submission import PREDICTION_KEY_COLUMNS, fill_missing_with_prior
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +304,21 @@ class TrainedModels:
         predictions = pd.concat([table[list(PREDICTION_KEY_COLUMNS)],
                                  pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
         return predictions if self.any_severe is None else self.any_severe.transform(predictions)
+
+    def predict_studies(self, features: pd.DataFrame, study_ids: Sequence[int], prior: pd.DataFrame
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Long predictions for all 25 rows of every study in ``study_ids``: the models where a row has any
+        extracted feature, the ``prior`` (``condition, level`` + probabilities, e.g. ``WORK/models/prior.csv``)
+        where it has none (its ROI could not be cut or described) or no feature row at all.
+
+        Returns ``(predictions, filled)``: predictions in :func:`radiospine.labels.target_grid` order, and the
+        ``study_id, condition, level`` rows taken from the prior.
+        """
+        feature_columns = [c for c in features.columns
+                           if c not in PREDICTION_KEY_COLUMNS and not c.endswith(f"{SEPARATOR}status")]
+        described = features[feature_columns].notna().any(axis=1)
+        predictions = self.predict(features[described].reset_index(drop=True))
+        return fill_missing_with_prior(predictions, study_ids, prior)
 
     def design_matrices(self, features: pd.DataFrame) -> Iterator[tuple[GroupModel, np.ndarray, pd.DataFrame]]:
         """Per model group with rows in ``features``: ``(group model, row mask over features, X)``, where ``X`` is

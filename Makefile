@@ -46,7 +46,7 @@ report-check: $(STAMP) chromium
 
 # --- the pipeline's stages (DATA, WORK, CONFIG and JOBS can be set on the command line) ---------------------
 synth: $(STAMP)
-	$(RS) synth --out $(DATA) $(RUN_ARGS)
+	$(RS) synth --out $(DATA) --jobs $(JOBS) $(RUN_ARGS)
 
 train-localizer: $(STAMP)
 	$(RS) train-localizer --data $(DATA) --work $(WORK) $(RUN_ARGS)
@@ -73,6 +73,15 @@ demo: $(STAMP)
 	@test -f $(WORK)/localizer/localizer.json || $(MAKE) --no-print-directory train-localizer CONFIG=$(CONFIG)
 	$(MAKE) --no-print-directory train-gbm predict report CONFIG=$(CONFIG)
 	@$(PY) -m pipelines.demo_summary --data $(DATA) --submission $(SUBMISSION) --report $(REPORT)
+
+# The whole pipeline on 200 + 100 synthetic studies at real image sizes (generated into BENCH_DATA the first time,
+# about 10 GB), timed and scored, and the feature stage against a naive loop -> reports/bench.json, reports/bench.md.
+# A stopped run continues where it stopped; BENCH_ARGS=--fresh starts over.
+BENCH_DATA ?= bench/data
+BENCH_WORK ?= bench/work
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench --data $(BENCH_DATA) --work $(BENCH_WORK) --jobs $(JOBS) --config $(CONFIG) $(BENCH_ARGS)
 
 clean:
 	rm -rf demo build dist *.egg-info .pytest_cache

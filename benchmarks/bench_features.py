@@ -1,6 +1,6 @@
 """Benchmark of the feature stage's radiomics path against a naive loop, on synthetic studies at real image sizes.
 
-    python benchmarks/bench_features.py [--data DIR] [--studies 4] [--jobs 2] [--out reports/bench_features.json]
+    python -m benchmarks.bench_features [--data DIR] [--studies 4] [--jobs 2] [--out reports/bench_features.json]
 
 Both sides describe the same ROIs (the ROI cutter's, at the label coordinates of the synthetic training split)
 with the same pyradiomics parameter file (``features.radiomics.params``, all filters and texture classes):
@@ -30,14 +30,13 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from joblib.externals.loky import get_reusable_executor
 
+from benchmarks.monitor import TreeMonitor
 from radiospine.config import SynthConfig, load_config
 from radiospine.features.base import feature_column
 from radiospine.features.driver import compute_features
@@ -46,58 +45,6 @@ from radiospine.features.stage import RoiCutter
 from radiospine.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class TreeMonitor:
-    """Peak RSS (bytes) and CPU seconds of this process plus all its descendants while the block runs.
-
-    Sampled every ``interval`` seconds in a thread: RSS summed over the live processes, CPU time as the last
-    reading of every process seen (a worker that ends between two samples loses at most one interval).
-    """
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak_rss = 0
-        self._cpu_start: dict[int, float] = {}
-        self._cpu_last: dict[int, float] = {}
-        self._stop = threading.Event()
-
-    @property
-    def cpu_seconds(self) -> float:
-        return sum(last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items())
-
-    def _processes(self) -> list[psutil.Process]:
-        me = psutil.Process(os.getpid())
-        return [me, *me.children(recursive=True)]
-
-    def _sample(self) -> None:
-        total = 0
-        for process in self._processes():
-            try:
-                with process.oneshot():
-                    total += process.memory_info().rss
-                    times = process.cpu_times()
-            except psutil.Error:  # a worker that just ended
-                continue
-            self._cpu_last[process.pid] = times.user + times.system
-        self.peak_rss = max(self.peak_rss, total)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> TreeMonitor:
-        for process in self._processes():
-            times = process.cpu_times()
-            self._cpu_start[process.pid] = times.user + times.system
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def ensure_data(data_dir: Path, n_studies: int, jobs: int) -> list[int]:
@@ -234,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 
 from radiospine.catalog import SPLITS
 from radiospine.config import add_config_arguments, config_from_arguments
+from radiospine.threads import add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="coordinates CSV to write (default WORK/localizer/{split}_coordinates.csv)")
     parser.add_argument("--truth", default=None, help="coordinates CSV of the same studies to evaluate against")
+    add_threads_argument(parser)
     add_config_arguments(parser)
 
 
@@ -30,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_arguments(args)
     summary = localize(args.data, args.split, args.work, config.roi, out=args.out, device=config.localizer.device,
-                       truth=args.truth)
+                       truth=args.truth, threads=args.threads)
     print(json.dumps(summary, default=str))
     return 0

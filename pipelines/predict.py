@@ -16,6 +16,7 @@ from pathlib import Path
 
 from radiospine.catalog import SPLITS
 from radiospine.config import add_config_arguments, config_from_arguments
+from radiospine.threads import add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
     parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
     add_config_arguments(parser)
 
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     timings["load"] = time.perf_counter() - started
 
     step = time.perf_counter()
-    localized = localize(data, args.split, work, config.roi, device=config.localizer.device)
+    localized = localize(data, args.split, work, config.roi, device=config.localizer.device,
+                         threads=args.threads)
     timings["localize"] = time.perf_counter() - step
 
     step = time.perf_counter()

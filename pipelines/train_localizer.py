@@ -10,6 +10,7 @@ import argparse
 import json
 
 from radiospine.config import add_config_arguments, config_from_arguments
+from radiospine.threads import add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oof", action="store_true",
                         help="also write out-of-fold coordinates (implied by roi.train_centres=oof)")
     parser.add_argument("--force", action="store_true", help="train again even when the manifest says up to date")
+    add_threads_argument(parser)
     add_config_arguments(parser)
 
 
@@ -26,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_arguments(args)
     report = train_localizer(args.data, args.work, config.localizer, config.roi,
-                             out_of_fold=args.oof or config.roi.train_centres == "oof", force=args.force)
+                             out_of_fold=args.oof or config.roi.train_centres == "oof", force=args.force,
+                             threads=args.threads)
     for kind in ("sagittal", "axial"):
         losses = report[kind].pop("losses")
         report[kind]["final_loss"] = round(losses[-1], 5)

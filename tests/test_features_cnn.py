@@ -12,7 +12,6 @@ import torch
 from features_synthetic import disc_crop, labels_of, study_crops
 
 from radiospine.config import CnnConfig
-from radiospine.features.base import thread_budget
 from radiospine.features.cnn import (
     FULL_MODEL,
     OOF_RECORD,
@@ -26,6 +25,7 @@ from radiospine.features.cnn import (
     save_checkpoint,
     train_backbone,
 )
+from radiospine.threads import thread_budget
 
 TINY = CnnConfig(epochs=2, folds=3, input_size=16, widths=(8, 16), embedding_size=6, batch_size=16, device="cpu")
 

@@ -71,6 +71,7 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     assert summary.written == 5 and summary.skipped == 0 and list(summary.failed) == [13]
     assert summary.rois == 6 + 6 + 5 + 6  # study 13 has none, study 14 lost its axial canal crop
     assert set(summary.seconds_per_roi) == {"radiomics", "cnn"} and summary.seconds_per_roi["radiomics"] > 0
+    assert list(summary.fit_seconds) == ["cnn"] and 0 < summary.fit_seconds["cnn"] < summary.seconds
     table = store.read()
 
     # Unique and complete: every (study, condition, level), labelled or not, exactly once.
@@ -120,7 +121,7 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     # A re-run does nothing and leaves the same table.
     calls.clear()
     summary = compute_features(study_ids, crops_for_study, extractors, store, config=config, progress=False)
-    assert summary.skipped == 5 and summary.written == 0 and calls == []
+    assert summary.skipped == 5 and summary.written == 0 and calls == [] and summary.fit_seconds == {}
     pd.testing.assert_frame_equal(store.read(), table)
     pd.testing.assert_frame_equal(pd.read_parquet(store.root).pipe(lambda f: f.sort_values(
         ["study_id", "condition", "level"]).reset_index(drop=True)),

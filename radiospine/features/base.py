@@ -26,10 +26,8 @@ returns a ready :class:`Extractor` (see :mod:`radiospine.features.driver`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, get_args, runtime_checkable
@@ -138,32 +136,3 @@ class TrainableExtractor(Protocol):
 
     def fit(self, workdir: Path, study_ids: Sequence[int], *, threads: int, progress: bool) -> Extractor:
         """Fit on the prepared studies ``workdir/inputs/study_<id>.npz`` and return the ready extractor."""
-
-
-@contextlib.contextmanager
-def thread_budget(threads: int) -> Iterator[None]:
-    """Limit the compute threads of this process to ``threads`` inside the block, and restore them after.
-
-    Covers BLAS/OpenMP pools (threadpoolctl), torch's intra-op pool and SimpleITK's filters (ITK uses every
-    core by default), so that ``jobs`` worker processes do not each start one thread per core.
-    """
-    from threadpoolctl import threadpool_limits
-
-    threads = max(1, int(threads))
-    torch = sys.modules.get("torch")
-    sitk = sys.modules.get("SimpleITK")
-    torch_before = torch.get_num_threads() if torch is not None else None
-    sitk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() if sitk is not None else None
-    limits = threadpool_limits(limits=threads)
-    try:
-        if torch is not None:
-            torch.set_num_threads(threads)
-        if sitk is not None:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-        yield
-    finally:
-        limits.restore_original_limits()
-        if torch is not None:
-            torch.set_num_threads(torch_before)
-        if sitk is not None:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)

@@ -47,8 +47,9 @@ from tqdm.auto import tqdm
 
 from radiospine import artifacts, vocab
 from radiospine.config import CnnConfig
-from radiospine.features.base import ExtractionResult, thread_budget
+from radiospine.features.base import ExtractionResult
 from radiospine.roi.types import RoiCrop
+from radiospine.threads import thread_budget
 
 log = logging.getLogger(__name__)
 

@@ -56,11 +56,11 @@ from radiospine.features.base import (
     TrainableExtractor,
     feature_column,
     status_column,
-    thread_budget,
 )
 from radiospine.features.store import FeatureStore, table_schema
 from radiospine.roi.cut import RoiFailure
 from radiospine.roi.types import RoiCrop
+from radiospine.threads import thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class RunSummary:
         seconds: wall time of the run.
         rois: crops described by this run.
         seconds_per_roi: extractor name -> its mean time per crop in this run (in its worker).
+        fit_seconds: trainable extractor name -> wall time of preparing its inputs and fitting it (phase 1) in
+            this run; part of ``seconds``.
     """
 
     studies: int
@@ -101,6 +103,7 @@ class RunSummary:
     seconds: float = 0.0
     rois: int = 0
     seconds_per_roi: dict[str, float] = field(default_factory=dict)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def table_columns(extractors: Sequence[Extractor | TrainableExtractor], views: Sequence[str]
@@ -163,10 +166,13 @@ def compute_features(study_ids: Iterable[int], crops_for_study: CropsForStudy,
         log.info("features in %s: %d studies, %d done before, %d to do", store.root, len(study_ids),
                  len(study_ids) - len(todo), len(todo))
         ready: list[Extractor] = []
+        fit_seconds: dict[str, float] = {}
         for extractor in extractors:
-            if isinstance(extractor, TrainableExtractor) and not isinstance(extractor, Extractor):
+            if isinstance(extractor, TrainableExtractor) and not isinstance(extractor, Extractor) and todo:
+                fit_start = time.perf_counter()
                 ready.append(_fit(extractor, study_ids, crops_for_study, store, views=views, jobs=jobs,
-                                  scheduler=scheduler, progress=progress) if todo else extractor)
+                                  scheduler=scheduler, progress=progress))
+                fit_seconds[extractor.name] = time.perf_counter() - fit_start
             else:
                 ready.append(extractor)
 
@@ -184,7 +190,7 @@ def compute_features(study_ids: Iterable[int], crops_for_study: CropsForStudy,
     summary = RunSummary(studies=len(study_ids), skipped=len(study_ids) - len(todo), written=len(todo),
                          failed=failed, seconds=time.perf_counter() - start, rois=int(n_rois),
                          seconds_per_roi={name: total / n_rois for name, total in extractor_seconds.items()
-                                          if n_rois})
+                                          if n_rois}, fit_seconds=fit_seconds)
     log.info("features in %s: %d shards written, %d skipped, %d studies without crops, %d ROIs, %.1f s (per ROI: "
              "%s)", store.root, summary.written, summary.skipped, len(failed), n_rois, summary.seconds,
              ", ".join(f"{name} {value:.3f} s" for name, value in summary.seconds_per_roi.items()))

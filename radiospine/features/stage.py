@@ -120,4 +120,5 @@ def run_features_stage(data_dir: str | Path, split: str, work_dir: str | Path, c
     return {"split": split, "table": str(store.root), "studies": summary.studies, "written": summary.written,
             "skipped": summary.skipped, "studies_without_crops": len(summary.failed), "rois": summary.rois,
             "seconds": round(summary.seconds, 1),
-            "seconds_per_roi": {name: round(value, 4) for name, value in summary.seconds_per_roi.items()}}
+            "seconds_per_roi": {name: round(value, 4) for name, value in summary.seconds_per_roi.items()},
+            "fit_seconds": {name: round(value, 1) for name, value in summary.fit_seconds.items()}}

@@ -68,6 +68,7 @@ from radiospine.roi.geometry import (
     stack_normal,
 )
 from radiospine.roi.unet import UNet, UNetSpec
+from radiospine.threads import thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -1043,14 +1044,16 @@ def write_coordinates(provenance: pd.DataFrame, path: str | Path) -> Path:
 
 
 def train_localizer(data_dir: str | Path, work_dir: str | Path, config: LocalizerConfig, roi_config: RoiConfig, *,
-                    out_of_fold: bool, study_ids: Sequence[int] | None = None, force: bool = False) -> dict:
+                    out_of_fold: bool, study_ids: Sequence[int] | None = None, force: bool = False,
+                    threads: int = 1) -> dict:
     """Train the localiser on the training split's coordinates and save it under ``WORK/localizer``.
 
     With ``out_of_fold``, also train ``config.folds`` models on K-1 folds of the studies and localise the held-out
     fold with each: ``WORK/localizer/oof_coordinates.csv`` (+ ``.provenance.csv``), the training centres of
     ``roi.train_centres: oof``. ``WORK/localizer/_manifest.json`` records the config, its hash and the hashes of
     the inputs; when they match (and ``force`` is False) the stage is up to date and is not run again. Returns
-    the training report (also in ``localizer.json``).
+    the training report (also in ``localizer.json``). ``threads``: torch's compute threads on the CPU
+    (:mod:`radiospine.threads`; they do not change the weights).
     """
     import hashlib
 
@@ -1081,7 +1084,8 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
     preparation = time.perf_counter() - started
     log.info("localiser training data: %d studies, %d stacks in %.1f s", len(ids),
              sum(map(len, by_study.values())), preparation)
-    localizer, report = fit_localizer([s for stacks in by_study.values() for s in stacks], config)
+    with thread_budget(threads):
+        localizer, report = fit_localizer([s for stacks in by_study.values() for s in stacks], config)
     report.update(studies=len(ids), preparation_seconds=round(preparation, 1),
                   total_seconds=round(time.perf_counter() - started, 1))
     save_localizer(localizer, folder, extra={"training": report})
@@ -1092,8 +1096,9 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
         tables = []
         for fold, (train_index, held_out) in enumerate(folds.split(ids)):
             fold_stacks = [s for i in train_index for s in by_study[ids[i]]]
-            fold_localizer, _ = fit_localizer(fold_stacks, config)
-            tables.append(predict_studies(fold_localizer, catalog, [ids[i] for i in held_out], roi_config))
+            with thread_budget(threads):
+                fold_localizer, _ = fit_localizer(fold_stacks, config)
+                tables.append(predict_studies(fold_localizer, catalog, [ids[i] for i in held_out], roi_config))
             log.info("out-of-fold: fold %d/%d done", fold + 1, folds.get_n_splits())
         write_coordinates(pd.concat(tables, ignore_index=True), folder / "oof_coordinates.csv")
         report["out_of_fold_seconds"] = round(time.perf_counter() - started, 1)
@@ -1103,13 +1108,15 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
 
 
 def localize(data_dir: str | Path, split: str, work_dir: str | Path, roi_config: RoiConfig, *,
-             out: str | Path | None = None, device: str = "auto", truth: str | Path | None = None) -> dict:
+             out: str | Path | None = None, device: str = "auto", truth: str | Path | None = None,
+             threads: int = 1) -> dict:
     """Localise every study of a split with the trained localiser and write its coordinates.
 
     Writes ``out`` (default ``WORK/localizer/{split}_coordinates.csv``) in the ``train_label_coordinates.csv``
     layout, ``<out stem>.provenance.csv`` (every one of the 25 points per study: predicted, fallback or missing,
     and how), and ``<out stem>.summary.json``; with ``truth`` (a coordinates file of the same studies) also
-    ``<out stem>.evaluation.csv`` and the evaluation summary in the JSON.
+    ``<out stem>.evaluation.csv`` and the evaluation summary in the JSON. ``threads``: torch's compute threads
+    on the CPU (:mod:`radiospine.threads`).
     """
     from radiospine.catalog import scan
     from radiospine.config import config_hash
@@ -1119,7 +1126,8 @@ def localize(data_dir: str | Path, split: str, work_dir: str | Path, roi_config:
     catalog = scan(data_dir, split)
     out = Path(out) if out is not None else localizer_dir(work_dir) / f"{split}_coordinates.csv"
     started = time.perf_counter()
-    provenance = predict_studies(localizer, catalog, catalog.study_ids, roi_config)
+    with thread_budget(threads):
+        provenance = predict_studies(localizer, catalog, catalog.study_ids, roi_config)
     seconds = time.perf_counter() - started
     write_coordinates(provenance, out)
     summary = {

@@ -401,6 +401,7 @@ class CnnTrainer:
         (so the weights do not depend on ``threads``); on a GPU one after the other in this process.
         """
         from joblib import Parallel, delayed
+        from joblib.externals.loky import get_reusable_executor
         from sklearn.model_selection import KFold
 
         config = self.config
@@ -447,6 +448,11 @@ class CnnTrainer:
                     bar.update(1)
         finally:
             bar.close()
+            if workers > 1:
+                # The training workers keep what training allocated; reused for describing studies, loky would
+                # restart them one by one ("a worker stopped ... memory leak" warnings) and they would hold that
+                # memory meanwhile. Fresh workers start from a small footprint.
+                get_reusable_executor().shutdown(wait=True)
         record = {
             "model_for_study": {str(s): f"fold_{k}" for s, k in sorted(fold_of_study.items())},
             "default_model": FULL_MODEL,

@@ -65,6 +65,29 @@ def test_shards_read_back_whole_and_sorted_with_junk_beside_them(tmp_path: Path)
         table.sort_values(["study_id", "condition", "level"]).reset_index(drop=True))
 
 
+def test_shards_with_and_without_pandas_metadata_read_as_one_table(tmp_path: Path) -> None:
+    """Shards are written without pandas' schema metadata (half their size at ~4,600 columns); a folder resumed
+    across that change holds both kinds and must still read, through the store and through read_parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = opened(tmp_path)
+    store.write_study(4, study_frame(4, 4.0))
+    assert pq.read_schema(store.shard_path(4)).metadata is None
+    older = pa.Table.from_pandas(study_frame(30, 30.0)[COLUMNS], schema=SCHEMA, preserve_index=False)
+    assert b"pandas" in older.schema.metadata
+    pq.write_table(older, store.shard_path(30))
+
+    table = store.read()
+    assert table["study_id"].tolist() == [4] * 25 + [30] * 25
+    assert str(table["radiomics__axial_t2__original_firstorder_Mean"].dtype) == "float64"
+    assert table["study_id"].dtype == np.int64
+    raw = pd.read_parquet(tmp_path)
+    pd.testing.assert_frame_equal(
+        raw.sort_values(["study_id", "condition", "level"]).reset_index(drop=True),
+        table.sort_values(["study_id", "condition", "level"]).reset_index(drop=True))
+
+
 def test_write_is_atomic_a_failed_write_leaves_the_old_shard(tmp_path: Path, monkeypatch) -> None:
     store = opened(tmp_path)
     store.write_study(5, study_frame(5, 1.0))

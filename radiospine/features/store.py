@@ -178,18 +178,28 @@ class FeatureStore:
             raise ValueError(f"study {study_id}: rows of other studies in its shard")
         if frame.duplicated(list(KEY_COLUMNS)).any():
             raise ValueError(f"study {study_id}: repeated (condition, level) keys")
-        table = pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False)
+        # Without pandas' metadata (about 1 MB per shard at ~4,600 columns, half the file): the schema's types
+        # alone give the same frame back.
+        table = pa.Table.from_pandas(frame[self.schema.names], schema=self.schema,
+                                     preserve_index=False).replace_schema_metadata(None)
         path = self.shard_path(study_id)
         with artifacts.atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return path
 
     def read(self) -> pd.DataFrame:
-        """The whole table, sorted by study, condition and level (vocabulary order); keys are unique."""
-        if not self.done_studies():
+        """The whole table, sorted by study, condition and level (vocabulary order); keys are unique.
+
+        The shards are read one by one and concatenated: ``pandas.read_parquet(folder)`` returns the same table
+        but its dataset scan held 5.9 GB to return a 175 MB table of 200 studies x 4,574 columns (memory growing
+        with the number of shards), against 0.8 GB here.
+        """
+        done = sorted(self.done_studies())
+        if not done:
             columns = (self.manifest() or {}).get("columns", list(KEY_COLUMNS))
             return pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
-        frame = pd.read_parquet(self.root)
+        frame = pd.concat([pq.read_table(self.shard_path(study_id)).to_pandas() for study_id in done],
+                          ignore_index=True)
         return sort_table(frame, where=str(self.root))
 
 

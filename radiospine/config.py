@@ -129,10 +129,10 @@ class GbmParams(Section):
     learning_rate: PositiveFloat = 0.03
     num_leaves: int = Field(default=15, ge=2)
     max_depth: int = -1
-    min_child_samples: PositiveInt = 20
+    min_child_samples: PositiveInt = 160
     min_child_weight: NonNegativeFloat = 5.0
     subsample: float = Field(default=0.8, gt=0.0, le=1.0)
-    colsample: float = Field(default=0.5, gt=0.0, le=1.0)
+    colsample: float = Field(default=0.2, gt=0.0, le=1.0)
     reg_lambda: NonNegativeFloat = 1.0
     early_stopping_rounds: PositiveInt | None = 50
     validation_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)

@@ -168,6 +168,20 @@ def test_a_level_model_without_a_class_says_how_to_fix_it(synthetic):
         train_condition_models(synthetic.features, synthetic.labels, _config(share_levels=False))
 
 
+def test_leaves_too_large_for_the_data_are_warned_about(synthetic, caplog):
+    """Regression: the default min_child_samples (160) suits hundreds of studies; on a small set the trees
+    cannot split, which must be said rather than silently giving the prior."""
+    with caplog.at_level("WARNING", logger="radiospine.models.condition_models"):
+        train_condition_models(synthetic.features, synthetic.labels,
+                               _config(gbm={"n_estimators": 5, "min_child_samples": 160}))
+    warned = [r.getMessage() for r in caplog.records if "cannot split" in r.getMessage()]
+    assert len(warned) == 3 and all("min_child_samples (160)" in message for message in warned)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="radiospine.models.condition_models"):
+        train_condition_models(synthetic.features, synthetic.labels, _config())
+    assert not [r for r in caplog.records if "cannot split" in r.getMessage()]
+
+
 def test_training_needs_every_base_condition(synthetic):
     spinal = synthetic.features[synthetic.features["condition"] == vocab.SPINAL]
     with pytest.raises(ValueError, match="no labelled feature rows for"):

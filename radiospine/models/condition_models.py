@@ -463,6 +463,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
         X = _design_matrix(table, group, columns)
         y, weight = severity[rows], train_weight[rows]
         study, fold = table.loc[rows, "study_id"].to_numpy(), row_fold[rows]
+        _warn_if_leaves_too_large(group.name, int(group_labelled.sum()), members, config)
         fitted, fit_seconds[group.name] = {}, {}
         for member in members:
             make = partial(make_member_estimator, member, config)
@@ -526,6 +527,20 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
                 {m.name: round(cv_scores[m.name]["all"]["score"], 4) for m in members})
     return TrainedModels(config=config, groups=group_models, blend_weights=blend_weights, calibrators=calibrators,
                          any_severe=any_severe, report=report, oof_predictions=final)
+
+
+def _warn_if_leaves_too_large(group_name: str, n_labelled: int, members: Sequence[ModelMember],
+                              config: ModelsConfig) -> None:
+    """Warn when a LightGBM member's fold models cannot split at all: a split needs ``2 x min_child_samples``
+    rows, and a fold model trains on about ``(n_folds - 1) / n_folds x (1 - validation_fraction)`` of the rows."""
+    if not any(member.backend == "lightgbm" for member in members):
+        return
+    fold_rows = int(n_labelled * (config.n_folds - 1) / config.n_folds * (1 - config.gbm.validation_fraction))
+    if fold_rows < 2 * config.gbm.min_child_samples:
+        logger.warning("model %s: about %d training rows per fold, fewer than 2 x models.gbm.min_child_samples (%d): "
+                       "the LightGBM trees cannot split and predict the class shares; lower min_child_samples "
+                       "(configs/demo.yaml uses 20 for 60 studies) or add studies",
+                       group_name, fold_rows, config.gbm.min_child_samples)
 
 
 def _weighted_prior_score(labels: pd.DataFrame, study_ids: pd.Index) -> dict[str, float] | None:

@@ -112,6 +112,10 @@ def test_rows_must_match_the_schema(tmp_path: Path) -> None:
         store.write_study(5, study_frame(5, 1.0).drop(columns=["radiomics__status"]))
     with pytest.raises(ValueError, match="other studies"):
         store.write_study(6, study_frame(5, 1.0))
+    twice = study_frame(5, 1.0)
+    twice = pd.concat([twice, twice[["radiomics__status"]]], axis=1)
+    with pytest.raises(ValueError, match="given twice"):
+        store.write_study(5, twice)
     duplicated = study_frame(5, 1.0)
     duplicated = pd.concat([duplicated, duplicated.iloc[:1]])
     with pytest.raises(ValueError, match="repeated"):

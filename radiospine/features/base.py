@@ -66,7 +66,8 @@ class ExtractionResult:
     Attributes:
         features: feature name (without extractor and view) -> finite float; ``None`` when the crop failed.
         error: why the crop failed (``None`` when it did not).
-        seconds: wall time spent on this crop (time shared among crops is counted on the first that used it).
+        seconds: wall time spent on this crop (time shared among crops is counted on the first that used it, or
+            divided equally among them).
     """
 
     features: Mapping[str, float] | None

@@ -6,27 +6,34 @@ crops that per-call overhead is most of the cost (about 7 ms per GLCM, 2.6 ms pe
 needs about 700 of each (30 crops x 3 slices x 8 filtered images).
 
 pyradiomics' feature getters are written for a leading batch axis (its voxel-based mode evaluates them on one
-matrix per voxel). :func:`texture_features` uses that: for the classes in :data:`BATCHED_CLASSES` each image is
-binned by pyradiomics' ``binImage`` and its matrix made by pyradiomics' own C code, the matrices of all images are
-stacked, and pyradiomics' own getters run once on the stack. Two details of pyradiomics' one-image path are kept:
+matrix per voxel, where most grey levels are absent from any one kernel). :func:`texture_features` uses that for
+the first-order, GLCM, GLRLM, GLSZM, GLDM and NGTDM classes: each image is binned by pyradiomics' ``binImage``
+and its matrix made by pyradiomics' own C code over a grey-level range common to the stack, the matrices are
+stacked, and pyradiomics' own getters run once on the stack. What pyradiomics' one-image path does differently is
+kept:
 
-* **grey levels absent from an image.** pyradiomics deletes their (all-zero) rows and columns; the stack keeps them
-  (every image is counted over grey levels ``1..G``, ``G`` the largest in the batch). Every feature is a sum over
-  matrix entries weighted by the grey values, so zero entries add nothing; the two features that read the number
-  of grey levels itself (GLCM ``Idmn``, ``Idn``) get each image's own ``Ng``; MCC divides by ``px * py + eps``,
-  so empty rows stay zero in its ``Q`` matrix and add only zero eigenvalues.
-* **special cases** go through pyradiomics' feature class one image at a time: an image whose GLCM has an empty
-  angle (pyradiomics drops the angle), an image with fewer than two grey levels (its MCC is 1 by definition), a
-  GLCM weighting norm, and any batch in which a getter raises.
+* **grey levels (run lengths, zone sizes) absent from an image.** pyradiomics deletes their all-zero rows; the
+  stack keeps them (grey levels ``1..G``, ``G`` the largest of the stack; widths padded with zeros). The features
+  are sums over matrix entries weighted by grey values, so zero entries add nothing; NGTDM's getters zero the
+  terms of absent levels themselves; the two features that read the number of grey levels itself (GLCM ``Idmn``,
+  ``Idn``) get each image's own ``Ng``; MCC divides by ``px * py + eps``, so empty rows stay zero in its ``Q``
+  matrix and add only zero eigenvalues.
+* **special cases** go through pyradiomics' feature class one image at a time: an image whose GLCM or GLRLM has
+  an empty angle (pyradiomics drops the angle), an image with fewer than two grey levels (its MCC is 1 by
+  definition), a weighting norm, and any stack on which a getter raises.
+* **getters whose own loops dominate on a stack** are replaced by vectorised forms of the same formulas
+  (:data:`_STACKED_GETTERS`): the first-order percentiles (numpy's ``nanpercentile`` loops over rows in Python),
+  GLCM MCC (pyradiomics loops over grey levels; here one batched matrix product) and GLCM ClusterShade and
+  ClusterProminence (powers by multiplication).
 
-Values agree with ``RadiomicsFeatureExtractor.execute`` to rounding (sums over extra zeros may round in another
-order: a relative difference of about 1e-12 at most; tests check every feature of every class). The other classes
-(``glrlm``, ``glszm``, ``gldm``, ``ngtdm``, and any class added to pyradiomics) are computed by pyradiomics' feature
-class per image, exactly as ``computeFeatures`` does.
+Values agree with ``RadiomicsFeatureExtractor.execute`` to rounding (sums over extra zeros and the vectorised
+forms may round in another order: a relative difference below 1e-12 on the benchmark's 234 ROIs); the tests check
+every feature of every class against pyradiomics. Classes this module does not know (one added to pyradiomics) run
+through pyradiomics' feature class per image, exactly as ``computeFeatures`` runs them.
 
 This module relies on attributes of pyradiomics' feature classes that are not part of its documented interface
-(``P_glcm``, ``coefficients``, ``targetVoxelArray``); the version is pinned (``pyradiomics-bhklab==3.1.4``) and the
-tests compare against pyradiomics' public ``execute`` on every run.
+(``P_glcm``, ``coefficients``, ``targetVoxelArray`` ...); the version is pinned (``pyradiomics-bhklab==3.1.4``) and
+the tests compare against pyradiomics' public ``computeFeatures`` on every run.
 """
 
 from __future__ import annotations
@@ -162,14 +169,22 @@ def _feature_order(feature_class: type, names: Sequence[str] | None) -> list[str
     return [name for name, deprecated in feature_class.getFeatureNames().items() if not deprecated]
 
 
+@dataclass(frozen=True)
 class _Stack:
-    """A feature class's stacked data for a group of images: which images can be stacked (by a shape key: images
-    whose matrices have the same number of angles), which must go through pyradiomics one by one, and how to
-    load a run of stackable images into a feature class instance (``load(instance, positions)``)."""
+    """A feature class's matrices for a group of images (positions ``0..n-1`` in the group).
 
-    def __init__(self, stackable: Mapping[Any, list[int]], special: set[int], entries_per_image: int,
-                 load: Callable[[Any, list[int]], None]) -> None:
-        self.stackable, self.special, self.entries_per_image, self.load = stackable, special, entries_per_image, load
+    Attributes:
+        stackable: key -> positions that can share one stack (a key per matrix shape: the number of angles).
+        special: positions pyradiomics must describe one by one.
+        entries_per_image: matrix entries per image in a stack (sets how many images go in one stack).
+        load: ``load(instance, positions)`` puts the stacked matrices and coefficients of ``positions`` into a
+            bare instance of the feature class, ready for its getters.
+    """
+
+    stackable: Mapping[Any, list[int]]
+    special: set[int]
+    entries_per_image: int
+    load: Callable[[Any, list[int]], None]
 
 
 StackBuilder = Callable[[list[_Prepared]], _Stack]
@@ -433,15 +448,16 @@ def _gldm_stack(items: list[_Prepared]) -> _Stack:
     def load(instance: Any, positions: list[int]) -> None:
         gldm = _stacked([matrices[p] for p in positions])
         jvector = np.arange(1, gldm.shape[2] + 1, dtype="float64")
-        pd = gldm.sum(1)
-        pg = gldm.sum(2)
-        empty = np.where(pd.sum(0) == 0)
-        gldm, jvector, pd = np.delete(gldm, empty, 2), np.delete(jvector, empty), np.delete(pd, empty, 1)
-        n_zones = pd.sum(1)
+        p_dependence = gldm.sum(1)
+        p_grey = gldm.sum(2)
+        empty = np.where(p_dependence.sum(0) == 0)
+        gldm, jvector = np.delete(gldm, empty, 2), np.delete(jvector, empty)
+        p_dependence = np.delete(p_dependence, empty, 1)
+        n_zones = p_dependence.sum(1)
         n_zones[n_zones == 0] = 1
         instance.gldm_a = settings.get("gldm_a", 0)
         instance.P_gldm = gldm
-        instance.coefficients.update({"Nz": n_zones, "pd": pd, "pg": pg, "jvector": jvector,
+        instance.coefficients.update({"Nz": n_zones, "pd": p_dependence, "pg": p_grey, "jvector": jvector,
                                       "ivector": np.arange(1, top + 1, dtype=float)})
 
     widest = max(matrix.shape[1] for matrix in matrices)

@@ -19,9 +19,10 @@ What is computed is decided by a pyradiomics parameter file (pyradiomics' own YA
   (crops of one study): crops that the ROI cutter cuts from the same window of the same slice (left and right
   recesses in one axial window, say) share them.
 * **Texture classes on stacks.** All filtered images of all slices of one :meth:`extract` call are described
-  together by :func:`radiospine.features.radiomics_batch.texture_features`: pyradiomics' first-order and GLCM
-  getters run once on a stack of images rather than once per image (the per-call overhead dominates on masks of
-  a few hundred pixels), the other classes per image. Shape features come from pyradiomics' ``computeShape``.
+  together by :func:`radiospine.features.radiomics_batch.texture_features`: the getters of pyradiomics'
+  first-order, GLCM, GLRLM, GLSZM, GLDM and NGTDM classes run once on a stack of images rather than once per
+  image (the per-call overhead dominates on masks of a few hundred pixels). Shape features come from pyradiomics'
+  ``computeShape``.
   A test checks every value against ``RadiomicsFeatureExtractor.execute`` on the same 2D image and mask (equal
   to about 1e-12 relative: the stacked sums may round in another order).
 
@@ -257,8 +258,6 @@ class RadiomicsExtractor:
         if not inside.any():
             raise ValueError("empty mask on the slice")
         values = pixels[inside]
-        if not np.isfinite(values).all():
-            raise ValueError("non-finite pixel values in the crop")
         if values.min() == values.max():
             raise ValueError("constant intensity inside the mask (no texture to describe)")
 

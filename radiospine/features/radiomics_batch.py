@@ -485,7 +485,6 @@ def _ngtdm_stack(items: list[_Prepared]) -> _Stack:
 #: Feature classes evaluated on stacks of images, and how their stacks are made (other classes run per image).
 _STACKS: dict[str, StackBuilder] = {"firstorder": _first_order_stack, "glcm": _glcm_stack, "glrlm": _glrlm_stack,
                                     "glszm": _glszm_stack, "gldm": _gldm_stack, "ngtdm": _ngtdm_stack}
-BATCHED_CLASSES = tuple(_STACKS)
 #: Getters replaced on stacks by vectorised equivalents of the same formula (pyradiomics' own loop per row or per
 #: grey level would dominate the time): (class, feature) -> function of the loaded instance.
 _STACKED_GETTERS: dict[tuple[str, str], Callable[[Any], Any]] = {

@@ -16,7 +16,7 @@ RUN_ARGS = --config $(CONFIG)
 SUBMISSION ?= $(WORK)/submission.csv
 REPORT ?= reports/demo
 
-.PHONY: install test demo synth train-localizer features train-gbm predict score report report-check chromium \
+.PHONY: install test lint demo synth train-localizer features train-gbm predict score report report-check chromium \
 	bench clean help
 
 help:
@@ -32,8 +32,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP) chromium
+# Lint first (configured in pyproject.toml), then the suite.
+test: $(STAMP) chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Headless Chromium for the report's browser check: Debian's package, installed when missing (as root, or with sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -327,7 +327,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| radiospine | " + " | ".join(f"{scores['test'][k]:.4f}" for k in ("score", *parts)) + " |",
         f"| oracle (Bayes floor) | {scores['oracle']:.4f} |" + " |" * len(parts),
         f"| weighted prior | {scores['weighted_prior']:.4f} |" + " |" * len(parts),
-        f"| radiospine out of fold (train) | " + " | ".join(f"{scores['out_of_fold'][k]:.4f}"
+        "| radiospine out of fold (train) | " + " | ".join(f"{scores['out_of_fold'][k]:.4f}"
                                                           for k in ("score", *parts)) + " |", "",
         f"Test score / oracle score: {scores['test_over_oracle']:.3f}.", "",
         "## Localiser on the test studies", "",

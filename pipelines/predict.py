@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             reason = next((str(v) for v in group[status_columns].iloc[0] if isinstance(v, str)), "no feature row")
             print(f"  study {study_id}: {len(group)} row(s): {reason}")
     summary = {"submission": str(out), "rows": len(submission), "studies": len(study_ids),
-               "rows_from_prior": int(len(filled)), "localizer": {k: localized.get(k) for k in ("fallback_points",
+               "rows_from_prior": len(filled), "localizer": {k: localized.get(k) for k in ("fallback_points",
                                                                                                "missing_points")
                                                                     if k in localized},
                "seconds": {k: round(v, 1) for k, v in timings.items()}}

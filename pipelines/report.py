@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         model_card=card,
         provenance={"versions": artifacts.library_versions(), "models_config_hash": card.get("config_hash"),
                     "models_trained_at": manifest.get("written_at"), "features": str(features_dir(work, args.split)),
-                    "report_written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                    "report_written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
         dataset_facts={"data folder": str(data), "split": args.split, "studies": len(catalog.studies),
                        "catalog hash": catalog.content_hash()},
     )

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     cv = trained.report["cv_scores"]
     summary = {"models": str(out), "features_seconds": feature_summary["seconds"],
                "fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-               "oof": cv["final"]["all"], "oof_by_member": {name: scores["all"]["score"] for name, scores in cv.items()},
+               "oof": cv["final"]["all"],
+               "oof_by_member": {name: scores["all"]["score"] for name, scores in cv.items()},
                "weighted_prior_in_sample": trained.report["weighted_prior_in_sample"]}
     print(json.dumps(summary, default=str))
     return 0

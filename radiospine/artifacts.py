@@ -73,7 +73,7 @@ def write_manifest(folder: str | Path, *, stage: str, config: BaseModel, inputs:
         "config": config.model_dump(mode="json"),
         "inputs": dict(inputs or {}),
         "versions": library_versions(),
-        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **dict(extra or {}),
     }
     atomic_write_text(Path(folder) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))

@@ -48,9 +48,8 @@ class CatalogError(ValueError):
 def parse_id(value: object, *, what: str, where: str) -> int:
     """A study/series/instance id as a positive ``int``; anything else raises naming ``where``."""
     text = str(value).strip()
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        text = str(int(value))
-    elif isinstance(value, float) and float(value).is_integer():
+    whole_number = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if whole_number or (isinstance(value, float) and float(value).is_integer()):
         text = str(int(value))
     if not _INTEGER_ID.match(text):
         raise CatalogError(f"{where}: {what} {value!r} is not a positive integer id; "

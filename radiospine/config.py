@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from radiospine.roi.types import RoiView
 
@@ -115,7 +125,7 @@ class LocalizerConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _grids_fit_the_depth(self) -> "LocalizerConfig":
+    def _grids_fit_the_depth(self) -> LocalizerConfig:
         for name in ("sagittal_grid_px", "axial_grid_px"):
             if getattr(self, name) % (2 ** self.depth):
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of 2**depth = {2 ** self.depth}")
@@ -169,7 +179,7 @@ class ModelsConfig(Section):
     gbm: GbmParams = GbmParams()
 
     @model_validator(mode="after")
-    def _members_distinct(self) -> "ModelsConfig":
+    def _members_distinct(self) -> ModelsConfig:
         names = [member.name for member in self.members]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"members must be one or more distinct backend/formulation pairs, got {names}")
@@ -209,7 +219,7 @@ class CnnConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _shapes_fit(self) -> "CnnConfig":
+    def _shapes_fit(self) -> CnnConfig:
         if self.slices % 2 == 0:
             raise ValueError(f"slices={self.slices} must be odd (the centre slice and as many on each side)")
         if not self.widths:
@@ -228,7 +238,7 @@ class FeaturesConfig(Section):
     cnn: CnnConfig = CnnConfig()
 
     @model_validator(mode="after")
-    def _something_to_do(self) -> "FeaturesConfig":
+    def _something_to_do(self) -> FeaturesConfig:
         if not self.views or len(set(self.views)) != len(self.views):
             raise ValueError(f"views must list distinct views, got {list(self.views)}")
         if not (self.radiomics.enabled or self.cnn.enabled):

@@ -4,8 +4,8 @@ The frames this module reads and writes
 ---------------------------------------
 wide labels (as ``train.csv``)
     ``study_id`` int64, then the 25 :data:`vocab.TARGET_COLUMNS` (:data:`LABEL_DTYPE`: pandas' default
-    string dtype) holding ``"Normal/Mild"``, ``"Moderate"``, ``"Severe"`` or NaN. A missing cell means "not graded": it is never
-    read as Normal/Mild, and the metric does not score it.
+    string dtype) holding ``"Normal/Mild"``, ``"Moderate"``, ``"Severe"`` or NaN. A missing cell means
+    "not graded": it is never read as Normal/Mild, and the metric does not score it.
 long labels
     One row per (study, condition, level), 25 per study, study-major in ``TARGET_COLUMNS`` order:
     ``study_id`` int64, ``condition``, ``level`` (snake_case), ``severity`` (pandas nullable ``Int8``:

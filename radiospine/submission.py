@@ -182,7 +182,7 @@ def fill_missing_with_prior(predictions: pd.DataFrame, study_ids: Iterable[objec
     if absent.any():
         log.info("filled %d of %d prediction rows (%d studies) from the prior", absent.sum(), len(grid),
                  filled["study_id"].nunique())
-    completed = merged[list(LONG_PREDICTION_COLUMNS)].astype({name: np.float64 for name in vocab.SEVERITIES})
+    completed = merged[list(LONG_PREDICTION_COLUMNS)].astype(dict.fromkeys(vocab.SEVERITIES, np.float64))
     return completed, filled
 
 

@@ -90,7 +90,7 @@ def test_crlf_and_blank_lines_in_descriptions(tmp_path: Path) -> None:
 
 def test_missing_csv_and_columns_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "train_images").mkdir()
-    with pytest.raises(catalog.CatalogError, match="train_series_descriptions.csv does not exist"):
+    with pytest.raises(catalog.CatalogError, match=r"train_series_descriptions.csv does not exist"):
         catalog.scan(tmp_path, "train")
     (tmp_path / "train_series_descriptions.csv").write_text("study_id,series\n1,2\n")
     with pytest.raises(catalog.CatalogError, match="series_description"):
@@ -125,7 +125,6 @@ def test_error_line_numbers_count_blank_lines(tmp_path: Path) -> None:
 def test_undescribed_series_are_typed_from_headers(tmp_path: Path) -> None:
     """A series missing from the CSV (or with an unknown description) is typed from its DICOM headers."""
     import pydicom
-
     from dicom_factory import AXIAL, SAGITTAL, write_synthetic_series
 
     images = tmp_path / "test_images"

@@ -28,9 +28,9 @@ def test_overrides_and_hash() -> None:
     assert config_hash(changed) != config_hash(base)
     assert config_hash(load_config()) == config_hash(base)
     assert parse_overrides(["a.b=[1, 2]"]) == {"a": {"b": [1, 2]}}
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key.path=value"):
         parse_overrides(["novalue"])
-    with pytest.raises(ConfigError, match="synth.seed"):
+    with pytest.raises(ConfigError, match=r"synth.seed"):
         load_config(overrides=["synth.seed=notanumber"])
 
 

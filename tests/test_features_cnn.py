@@ -85,9 +85,9 @@ def test_training_is_seeded_and_checkpoints_round_trip(tmp_path: Path) -> None:
     assert list(a[0].features) == [f"emb_{i:03d}" for i in range(6)]
 
     (tmp_path / "model.json").unlink()
-    with pytest.raises(ValueError, match="model.json"):
+    with pytest.raises(ValueError, match=r"model.json"):
         CnnExtractor.from_checkpoint(tmp_path / "model.pt")
-    with pytest.raises(FileNotFoundError, match="features.cnn.checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"features.cnn.checkpoint"):
         CnnExtractor.from_checkpoint(tmp_path / "absent.pt")
 
 
@@ -137,7 +137,7 @@ def test_out_of_fold_no_study_is_embedded_by_a_model_that_saw_it(tmp_path: Path)
 def test_out_of_fold_needs_enough_labelled_studies(tmp_path: Path) -> None:
     trainer = CnnTrainer(TINY, labels_of([1, 2]))
     prepare_all(trainer, tmp_path, [1, 2, 3])
-    with pytest.raises(ValueError, match="features.cnn.folds=3"):
+    with pytest.raises(ValueError, match=r"features.cnn.folds=3"):
         trainer.fit(tmp_path, [1, 2, 3], threads=1, progress=False)
     unlabelled = CnnTrainer(TINY, {})
     with pytest.raises(ValueError, match="no crop of this split has a label"):

@@ -140,15 +140,15 @@ def test_parameter_files_are_checked(tmp_path: Path) -> None:
         RadiomicsExtractor(tmp_path / "missing.yaml")
     three_d = tmp_path / "shape.yaml"
     three_d.write_text("featureClass:\n  shape:\n")
-    with pytest.raises(ValueError, match="shape.yaml.*2D"):
+    with pytest.raises(ValueError, match=r"shape.yaml.*2D"):
         RadiomicsExtractor(three_d).feature_names()
     resampled = tmp_path / "resampled.yaml"
     resampled.write_text("setting:\n  resampledPixelSpacing: [1, 1]\n")
-    with pytest.raises(ValueError, match="resampled.yaml.*resampledPixelSpacing"):
+    with pytest.raises(ValueError, match=r"resampled.yaml.*resampledPixelSpacing"):
         RadiomicsExtractor(resampled).feature_names()
     typo = tmp_path / "typo.yaml"
     typo.write_text("setting:\n  binCont: 32\n")
-    with pytest.raises(ValueError, match="typo.yaml is not a valid pyradiomics parameter file"):
+    with pytest.raises(ValueError, match=r"typo.yaml is not a valid pyradiomics parameter file"):
         RadiomicsExtractor(typo).feature_names()
 
 

@@ -16,15 +16,16 @@ from radiospine.labels import labels_to_long, load_label_coordinates, load_train
 from radiospine.synth.generate import generate_dataset
 
 QUICK = ["--set", "features.radiomics.params=radiomics/original_only.yaml",
-         "--set", "features.radiomics.slice_mean=false", "--set", "features.cnn.folds=2", "--set", "features.cnn.epochs=1", "--set", "features.cnn.input_size=32",
+         "--set", "features.radiomics.slice_mean=false", "--set", "features.cnn.folds=2",
+         "--set", "features.cnn.epochs=1", "--set", "features.cnn.input_size=32",
          "--set", "features.cnn.widths=[8,16]", "--set", "features.cnn.embedding_size=4"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    quirks = {name: 0.0 for name in ("instance_offset_rate", "reversed_order_rate", "two_stacks_rate",
-                                     "missing_series_rate")}
+    quirks = dict.fromkeys(
+        ("instance_offset_rate", "reversed_order_rate", "two_stacks_rate", "missing_series_rate"), 0.0)
     generate_dataset(out, SynthConfig(train_studies=2, test_studies=1, seed=5, partial_volume_samples=1,
                                       quirks=quirks))
     return out

@@ -154,7 +154,7 @@ def test_shards_without_manifest_are_refused(tmp_path: Path) -> None:
     store = opened(tmp_path)
     store.write_study(1, study_frame(1, 1.0))
     (tmp_path / "_manifest.json").unlink()
-    with pytest.raises(StoreError, match="no _manifest.json"):
+    with pytest.raises(StoreError, match=r"no _manifest.json"):
         opened(tmp_path)
 
 

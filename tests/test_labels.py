@@ -74,7 +74,7 @@ def test_a_column_with_only_empty_cells_is_missing_not_float(tmp_path):
 
 
 def test_missing_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothere.csv"):
+    with pytest.raises(FileNotFoundError, match=r"nothere.csv"):
         load_train_labels(tmp_path / "nothere.csv")
 
 

@@ -143,7 +143,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_predict_needs_the_training_columns_and_conditions(trained, synthetic):
-    with pytest.raises(ValueError, match="lacks column.*cnn__axial_t2__emb_000"):
+    with pytest.raises(ValueError, match=r"lacks column.*cnn__axial_t2__emb_000"):
         trained.predict(synthetic.features.drop(columns=["cnn__axial_t2__emb_000"]))
 
 
@@ -193,7 +193,7 @@ def test_training_needs_every_base_condition(synthetic):
     (lambda f: f.assign(study_id=f["study_id"].astype(str).str.cat(["x"] * len(f))), "not integers"),
     (lambda f: f.assign(condition="spinal canal"), "unknown condition"),
     (lambda f: pd.concat([f, f.iloc[:1]]), "repeats"),
-    (lambda f: f.assign(**{"cnn__axial_t2__emb_000": "high"}), "not numeric"),
+    (lambda f: f.assign(cnn__axial_t2__emb_000="high"), "not numeric"),
     (lambda f: f.drop(columns=["cnn__status"]), "no cnn__status column"),
     (lambda f: f.assign(key__level=1.0), "reserved"),
     (lambda f: f[["study_id", "condition", "level"]], "no feature column"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,7 +60,7 @@ class _SpyClassifier(ClassifierMixin, BaseEstimator):
     """Predicts the weighted class frequencies; records the studies (column ``study``) it was fitted and
     early-stopped on."""
 
-    fits: list[tuple[set, set]] = []
+    fits: ClassVar[list[tuple[set, set]]] = []
 
     def __init__(self, early_stopping_rounds=5, validation_fraction=0.2):
         self.early_stopping_rounds = early_stopping_rounds

@@ -200,7 +200,7 @@ def test_from_native_errors_name_the_file(table, tmp_path):
     with pytest.raises(ValueError, match="OrdinalGBMClassifier"):
         MulticlassGBMClassifier.from_native(directory)
     (directory / "model_1.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="model_1.txt"):
+    with pytest.raises(FileNotFoundError, match=r"model_1.txt"):
         OrdinalGBMClassifier.from_native(directory)
     (directory / ESTIMATOR_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -228,5 +228,5 @@ def test_shap_values_sum_to_the_raw_margin(table, cls, backend):
 
 def test_invalid_parameters_are_named(table):
     X, y = table
-    with pytest.raises(ValueError, match="backend='catboost'.*learning_rate=0"):
+    with pytest.raises(ValueError, match=r"backend='catboost'.*learning_rate=0"):
         OrdinalGBMClassifier(backend="catboost", learning_rate=0).fit(X, y)

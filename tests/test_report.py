@@ -185,7 +185,7 @@ def test_tree_shap_values_add_up_to_the_raw_margin(backend, cls):
         assert len(chart.steps) == 4 and chart.steps[-1].label == "3 other features"
         assert chart.base + sum(step.shap for step in chart.steps) == pytest.approx(chart.margin)
         assert chart.margin == pytest.approx(margin[row, -1], abs=1e-5)
-        assert all(0.0 <= step.left and step.left + step.width <= 100.0 + 1e-9 for step in chart.steps)
+        assert all(step.left >= 0.0 and step.left + step.width <= 100.0 + 1e-9 for step in chart.steps)
 
 
 def _explanation(shap_rows, feature_names=("radiomics__sagittal_t2__original_glcm_Contrast",
@@ -231,7 +231,8 @@ def test_family_importance_sums_shap_within_a_family():
     ("radiomics__sagittal_t2__original_glcm_Contrast", "radiomics", "sagittal_t2", "radiomics/glcm", "original",
      "radiomics, Sagittal T2/STIR: original glcm Contrast"),
     ("radiomics__axial_t2__mean25d_log-sigma-1-0-mm-2D_firstorder_10Percentile", "radiomics", "axial_t2",
-     "radiomics/firstorder", "log-sigma-1-0-mm-2D", "radiomics, Axial T2: log-sigma-1-0-mm-2D firstorder 10Percentile (2.5D mean)"),
+     "radiomics/firstorder", "log-sigma-1-0-mm-2D",
+     "radiomics, Axial T2: log-sigma-1-0-mm-2D firstorder 10Percentile (2.5D mean)"),
     ("radiomics__sagittal_t1__wavelet-LH_glszm_SizeZoneNonUniformity", "radiomics", "sagittal_t1", "radiomics/glszm",
      "wavelet-LH", "radiomics, Sagittal T1: wavelet-LH glszm SizeZoneNonUniformity"),
     ("radiomics__sagittal_t1__original_shape2D_Elongation", "radiomics", "sagittal_t1", "radiomics/shape2D",
@@ -290,7 +291,7 @@ def small_inputs():
 
 def test_report_inputs_reject_malformed_frames(small_inputs):
     predictions = small_inputs.predictions
-    with pytest.raises(ValueError, match="ReportInputs.predictions.study_id holds values that are not integer ids"):
+    with pytest.raises(ValueError, match=r"ReportInputs.predictions.study_id holds values that are not integer ids"):
         ReportInputs(**_replace(small_inputs, predictions=predictions.assign(study_id="abc")))
     with pytest.raises(ValueError, match="NaN or infinite"):
         ReportInputs(**_replace(small_inputs, predictions=predictions.assign(severe=np.nan)))

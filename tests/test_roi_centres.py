@@ -39,7 +39,7 @@ def test_train_centres_switch_between_labels_and_out_of_fold_points(tmp_path: Pa
     labels = roi_centres(data, "train", work, RoiConfig(train_centres="label"))
     assert labels["source"].eq("label").all() and labels["x"].tolist() == [100.5, 90.0]
 
-    with pytest.raises(FileNotFoundError, match="roi.train_centres=oof"):
+    with pytest.raises(FileNotFoundError, match=r"roi.train_centres=oof"):
         roi_centres(data, "train", work, RoiConfig(train_centres="oof"))
     write_coordinates(provenance(11, 55.5), localizer_dir(work) / "oof_coordinates.csv")
     oof = roi_centres(data, "train", work, RoiConfig(train_centres="oof"))

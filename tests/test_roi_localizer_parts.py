@@ -139,7 +139,7 @@ def test_levels_are_decoded_together_in_anatomical_order() -> None:
     rows = [(-(point[2] - grid[2, 3]) / 2.5) for _, point in decoded]
     np.testing.assert_allclose(rows, disc_rows, atol=0.3)
     assert [round(float(point[0]) / 4.0) for _, point in decoded] == [1] * 5  # all on slice 1
-    np.testing.assert_allclose([point[1] / 2.5 for _, point in decoded][0], 30.3, atol=0.2)
+    np.testing.assert_allclose(next(point[1] / 2.5 for _, point in decoded), 30.3, atol=0.2)
     # a level without any peak above min_peak stays unassigned; the others keep their discs
     probabilities[:, 3] *= 0.1
     decoded = decode_levels(probabilities, grid, [[0, 1]] * 5, min_peak=0.1)

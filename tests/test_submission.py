@@ -166,7 +166,7 @@ def test_columns_must_be_exact_and_values_numeric(tmp_path):
     assert "2 row(s) hold NaN or infinite probabilities" in text
     with pytest.raises(SubmissionError, match=r"line 4"):
         read_submission(path)
-    with pytest.raises(FileNotFoundError, match="absent.csv"):
+    with pytest.raises(FileNotFoundError, match=r"absent.csv"):
         validate_submission(tmp_path / "absent.csv", [11])
 
 

@@ -223,7 +223,7 @@ def _prepare_study(study_id: int, *, crops_for_study: CropsForStudy, trainable: 
     with thread_budget(1):
         try:
             crops, _ = _select_crops(study_id, crops_for_study(study_id), views)
-        except Exception as exc:  # the cutter's failure on one study is recorded; the run goes on
+        except Exception as exc:  # noqa: BLE001 -- the cutter's failure on one study is recorded; the run goes on
             return study_id, trainable.prepare([]), _reason(exc)
         return study_id, trainable.prepare(crops), None
 
@@ -246,7 +246,7 @@ def _describe_study(study_id: int, *, crops_for_study: CropsForStudy, extractors
     with thread_budget(1):
         try:
             crops, failures = _select_crops(study_id, crops_for_study(study_id), views)
-        except Exception as exc:  # the cutter's failure on one study is recorded; the run goes on
+        except Exception as exc:  # noqa: BLE001 -- the cutter's failure on one study is recorded; the run goes on
             reason = _reason(exc)
             return _StudyResult(study_id, _study_rows(study_id, [], {}, extractors, views, study_error=reason),
                                 reason, 0, {})

@@ -218,7 +218,7 @@ class RadiomicsExtractor:
         for pixels, mask, pixel_mm in slices:
             try:
                 prepared.append(self._prepare_slice(extractor, pixels, mask, pixel_mm, filtered_cache))
-            except Exception as exc:  # one slice that cannot be described is that slice's failure
+            except Exception as exc:  # noqa: BLE001 -- one slice that cannot be described is that slice's failure
                 prepared.append(exc)
         inputs = [item for entry in prepared if not isinstance(entry, Exception) for _, item in entry[1]]
         try:
@@ -238,7 +238,7 @@ class RadiomicsExtractor:
                     iter(texture_features([item for _, item in images], extractor.enabledFeatures))
                 for image_type_name, _ in images:
                     features.update({f"{image_type_name}_{name}": value for name, value in next(own).items()})
-            except Exception as exc:  # this slice's failure (only reached slice by slice)
+            except Exception as exc:  # noqa: BLE001 -- this slice's failure (only reached slice by slice)
                 described.append(exc)
                 continue
             bad = [name for name, value in features.items() if not math.isfinite(value)]
@@ -326,7 +326,7 @@ def _pyradiomics_extractor(params_text: str, where_path: str) -> Any:
     try:
         with quiet_pyradiomics():
             return featureextractor.RadiomicsFeatureExtractor(params)
-    except Exception as exc:  # pykwalify's schema errors have several types; name the file either way
+    except Exception as exc:  # noqa: BLE001 -- pykwalify's schema errors have several types; name the file either way
         raise ValueError(f"{where} is not a valid pyradiomics parameter file: {_reason(exc)}") from None
     finally:
         construction_logger.removeFilter(drop)

@@ -41,10 +41,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -511,9 +511,9 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
     cv_scores = {stage: cv.fold_scores(scoring_labels, frame, folds).to_dict(orient="index")
                  for stage, frame in stages.items()}
     report = {
-        "n_rows": int(len(table)),
+        "n_rows": len(table),
         "n_labelled_rows": int(labelled.sum()),
-        "n_studies": int(len(folds)),
+        "n_studies": len(folds),
         "labelled_rows_without_features": unmatched,
         "n_feature_columns": len(feature_columns),
         "failed_extraction_rows": prepared.failed_rows,

@@ -49,7 +49,8 @@ WINDOW_SIZE = (1280, 2000)
 _PAGE_STATE_SCRIPT = """(() => {
   const sections = Array.from(document.querySelectorAll('section[id]')).map(s => ({
     id: s.id,
-    visible: s.offsetHeight > 0 && getComputedStyle(s).display !== 'none' && getComputedStyle(s).visibility !== 'hidden',
+    visible: s.offsetHeight > 0 && getComputedStyle(s).display !== 'none'
+             && getComputedStyle(s).visibility !== 'hidden',
     heading: ((s.querySelector('h2') || {}).textContent || '').trim()}));
   const images = Array.from(document.images).map(i => ({src: i.getAttribute('src') || '',
     ok: i.complete && i.naturalWidth > 0}));

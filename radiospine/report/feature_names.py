@@ -8,8 +8,8 @@ The one place that parses the feature table's column names (:mod:`radiospine.fea
         slices  "centre slice", or "2.5D mean" for the ``mean25d_`` slice mean
     radiomics__<view>__n_slices                                  family "radiomics/slices used"
     cnn__<view>__emb_007                                         family "cnn embedding"
-    key__level, key__side_left                                   family "level and side" (added by the
-                                                                 model driver, :mod:`radiospine.models.condition_models`)
+    key__level, key__side_left                                   family "level and side" (added by the model
+                                                                 driver, :mod:`radiospine.models.condition_models`)
     <extractor>__<view>__<name> of any other extractor           family "<extractor>"
 
 A name that does not follow these forms is kept whole, with family ``"other"``; nothing fails on a strange name

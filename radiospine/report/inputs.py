@@ -265,8 +265,8 @@ class ReportInputs:
         labels["severity"] = severity.astype("Int8")
         repeated = labels.duplicated(list(PREDICTION_KEY_COLUMNS))
         if repeated.any():
-            raise ValueError(f"ReportInputs.labels repeats (study_id, condition, level): "
-                             f"{summarize_items(labels.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None))}")
+            keys = labels.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None)
+            raise ValueError(f"ReportInputs.labels repeats (study_id, condition, level): {summarize_items(keys)}")
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "oof_predictions", _prediction_frame(self.oof_predictions,
                                                                       "ReportInputs.oof_predictions"))
@@ -325,8 +325,8 @@ def _prediction_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     frame = _key_frame(_require(frame, LONG_PREDICTION_COLUMNS, what), what)[list(LONG_PREDICTION_COLUMNS)]
     repeated = frame.duplicated(list(PREDICTION_KEY_COLUMNS))
     if repeated.any():
-        raise ValueError(f"{what} repeats (study_id, condition, level): "
-                         f"{summarize_items(frame.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None))}")
+        keys = frame.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None)
+        raise ValueError(f"{what} repeats (study_id, condition, level): {summarize_items(keys)}")
     values = frame[list(vocab.SEVERITIES)].to_numpy(dtype=np.float64)
     row_names = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(frame["study_id"], frame["condition"],
                                                                   frame["level"])]

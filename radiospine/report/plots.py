@@ -116,7 +116,7 @@ def confusion_figure(proba: np.ndarray, severity: np.ndarray, title: str) -> str
     figure = Figure(figsize=(7.2, 3.0))
     figure.subplots_adjust(left=0.11, right=0.98, bottom=0.17, top=0.82, wspace=0.45)
     names = ["Normal/\nMild", "Moderate", "Severe"]
-    for position, (matrix, what, text) in enumerate((
+    for position, (_matrix, what, text) in enumerate((
         (counts, "counts", lambda i, j: f"{counts[i, j]}"),
         (normalised, "row-normalised", lambda i, j: f"{normalised[i, j]:.2f}"),
     )):

@@ -96,7 +96,7 @@ def render_report(inputs: ReportInputs, out_dir: str | Path, *, jobs: int = 1) -
     hold every image.
     """
     out_dir = Path(out_dir)
-    written_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    written_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     groups = list(inputs.explanations)
     scored, n_unscored = summaries.scored_rows(inputs.labels, inputs.oof_predictions)
     common = {"title": inputs.title, "groups": groups, "written_at": written_at}
@@ -315,7 +315,8 @@ def _study_pages(inputs: ReportInputs) -> list[_StudyPage]:
         inputs.labels["severity"]) if not pd.isna(s)}
     series = {study_id: frame[["series_id", "series_description"]].to_dict(orient="records")
               for study_id, frame in inputs.series.groupby("study_id")}
-    predictions = {study_id: frame for study_id, frame in inputs.predictions.groupby("study_id")}
+    # a GroupBy has a .keys attribute (the grouping column), so dict(groupby) misreads it as a mapping
+    predictions = {study_id: frame for study_id, frame in inputs.predictions.groupby("study_id")}  # noqa: C416
     study_ids = inputs.study_ids
     pages = []
     for position, study_id in enumerate(study_ids):

@@ -192,7 +192,8 @@ def plain_language(condition: str, level: str, probabilities: np.ndarray,
         return f"{line}; the largest push towards {output.towards}: {label} ({shap[strongest]:+.2f})"
     strongest = int(np.argmin(shap))
     label = parse_feature_name(explanation.feature_names[strongest]).label
-    return f"{line}; no feature pushes towards {output.towards}, the largest push away: {label} ({shap[strongest]:+.2f})"
+    return (f"{line}; no feature pushes towards {output.towards}, "
+            f"the largest push away: {label} ({shap[strongest]:+.2f})")
 
 
 def _format_value(value: float) -> str:

@@ -466,10 +466,7 @@ def training_stacks_for_study(study: StudySeries, coords: pd.DataFrame, config: 
         k = slice_index_of_instance(stack, int(row.instance_number))
         first = max(0, k - AXIAL_SLAB_HALF_WIDTH - config.neighbour_slices)
         stop = min(stack.shape[0], k + AXIAL_SLAB_HALF_WIDTH + config.neighbour_slices + 1)
-        if len(canal):
-            centre = axial_grid_centre(stack, k, canal)
-        else:
-            centre = np.nanmean(level_points.reshape(-1, 3), axis=0)
+        centre = axial_grid_centre(stack, k, canal) if len(canal) else np.nanmean(level_points.reshape(-1, 3), axis=0)
         grid = grid_affine(stack.affine, k, centre, "axial", config.axial_grid_px, config.axial_grid_mm)
         local = grid.copy()
         local[:3, 3] += first * grid[:3, 2]  # grid slice 0 = stack slice `first`
@@ -1002,7 +999,7 @@ def summarise_evaluation(evaluation: pd.DataFrame) -> dict:
     def summary(frame: pd.DataFrame) -> dict:
         found = frame[frame["found"]]
         return {
-            "points": int(len(frame)),
+            "points": len(frame),
             "found_share": round(float(frame["found"].mean()), 4) if len(frame) else float("nan"),
             "error_mm_median": round(float(found["error_mm"].median()), 2),
             "error_mm_p95": round(float(found["error_mm"].quantile(0.95)), 2),

@@ -244,7 +244,7 @@ def _write_split_tables(out_dir: Path, split: str, results: list[StudyResult]) -
         _write_csv(labels, truth / "test_labels.csv")
         write_label_coordinates(coordinates, truth / "test_label_coordinates.csv")
         row_ids = [row_id for study_id in ids for row_id in vocab.study_row_ids(study_id)]
-        sample = pd.DataFrame({"row_id": row_ids, **{name: 1.0 / 3.0 for name in vocab.SEVERITIES}})
+        sample = pd.DataFrame({"row_id": row_ids, **dict.fromkeys(vocab.SEVERITIES, 1.0 / 3.0)})
         _write_csv(sample, out_dir / "sample_submission.csv")
     _write_csv(oracle_frame(ids, _stacked(results, "oracle")), truth / f"oracle_{split}.csv")
     latent = pd.DataFrame([row for r in results for row in r.latent],

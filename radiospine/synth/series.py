@@ -304,7 +304,7 @@ def plan_study_series(anatomy: Anatomy, axial_levels: tuple[str, ...], rng: np.r
 
     plans: list[SeriesPlan] = []
     t1_template = None
-    for copy in range(n_t1):
+    for _copy in range(n_t1):
         stack = plan_sagittal(anatomy, rng, vocab.SAGITTAL_T1, small, reversed_order(), instance_start())
         t1_template = t1_template or stack
         plans.append(SeriesPlan(series_id=new_id(), series_number=0, description=vocab.SAGITTAL_T1, sequence="T1",

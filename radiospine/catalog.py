@@ -28,6 +28,7 @@ import pandas as pd
 
 from radiospine import vocab
 from radiospine.csvio import read_csv_cells
+from radiospine.geometry import slice_step_vector, unit
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
     stack = stacks[0]
     if stack.description in vocab.SERIES_DESCRIPTIONS:
         return stack.description
-    normal = np.abs(stack.affine[:3, 2]) / np.linalg.norm(stack.affine[:3, 2])
-    axis = int(np.argmax(normal))  # 0: x (sagittal), 1: y (coronal), 2: z (axial)
+    slice_direction = np.abs(unit(slice_step_vector(stack.affine)))
+    axis = int(np.argmax(slice_direction))  # 0: x (sagittal), 1: y (coronal), 2: z (axial)
     if axis == 2:
         return vocab.AXIAL_T2
     if axis == 0:

@@ -21,9 +21,9 @@ from dicom_factory import (
     write_synthetic_stack,
 )
 
+from radiospine.geometry import image_plane_normal, patient_to_voxel, pixel_spacing, slice_spacing_mm, voxel_to_patient
 from radiospine.io import dicom
 from radiospine.io.dicom import DicomReadError, load_volume, read_series_headers, read_volume
-from radiospine.io.volume import patient_to_voxel, voxel_to_patient
 
 
 def copy_into_series(tmp_path: Path, *sources: Path, study_id: int = 7, series_id: int = 8) -> Path:
@@ -120,11 +120,12 @@ def test_real_oblique_mr2_files_rescale_and_compression(tmp_path):
     # oblique plane: row direction [0.569486, 0.822001, 0], column direction [0, 0, -1]
     for row, col in [(0, 0), (1023, 0), (0, 1023), (511, 300)]:
         np.testing.assert_allclose(
-            volume.voxel_to_patient(np.array([[0, row, col]]))[0],
+            voxel_to_patient(volume.affine, np.array([[0, row, col]]))[0],
             plane_point(header.ImagePositionPatient, header.ImageOrientationPatient, header.PixelSpacing, row, col),
             atol=1e-6,
         )
-    np.testing.assert_allclose(stack.normal, np.cross([0.569486, 0.822001, 0], [0, 0, -1]), atol=1e-5)
+    np.testing.assert_allclose(image_plane_normal(stack.orientation), np.cross([0.569486, 0.822001, 0], [0, 0, -1]),
+                               atol=1e-5)
 
 
 def test_real_files_at_one_position_become_one_stack_each(tmp_path):
@@ -138,7 +139,7 @@ def test_real_files_at_one_position_become_one_stack_each(tmp_path):
     assert [s.instance_numbers.tolist() for s in stacks] == [[1], [2], [3], [3]]
     assert [s.slices[0].path.name for s in stacks] == ["MR2_UNCR.dcm", "MR2_J2KR.dcm", "MR2_J2KI.dcm", "MR2_UNCI.dcm"]
     # a one-slice stack steps by SpacingBetweenSlices (6.6 mm here) along the normal
-    np.testing.assert_allclose(stacks[0].slice_step_vector, stacks[0].normal * 6.6)
+    np.testing.assert_allclose(stacks[0].slice_step_vector, image_plane_normal(stacks[0].orientation) * 6.6)
 
 
 def test_siemens_mr_with_overlays(tmp_path):
@@ -147,7 +148,8 @@ def test_siemens_mr_with_overlays(tmp_path):
     assert volume.shape == (1, 484, 484)
     assert volume.description == "marked lesion<MPR Collection>"
     np.testing.assert_array_equal(volume.voxels[0], pydicom.dcmread(source).pixel_array.astype(np.float32))
-    np.testing.assert_allclose(volume.spacing, [4.0, 0.72314049586777, 0.72314049586777])
+    np.testing.assert_allclose([slice_spacing_mm(volume.affine), *pixel_spacing(volume.affine)],
+                               [4.0, 0.72314049586777, 0.72314049586777])
 
 
 EMRI_VARIANTS = [
@@ -191,13 +193,13 @@ def test_enhanced_multiframe_frames_are_slices(tmp_path, name):
     np.testing.assert_array_equal(volume.voxels, reference_frames[frame_order].astype(np.float32))
     for k, row, col in [(0, 0, 0), (9, 63, 0), (4, 10, 50)]:
         np.testing.assert_allclose(
-            volume.voxel_to_patient(np.array([[k, row, col]]))[0],
+            voxel_to_patient(volume.affine, np.array([[k, row, col]]))[0],
             plane_point(frame_positions[frame_order[k]], orientation, (0.6, 0.9), row, col),
             atol=1e-3,
         )
     part = load_volume(stack, slice(3, 7))
     np.testing.assert_array_equal(part.voxels, volume.voxels[3:7])
-    np.testing.assert_allclose(part.origin, frame_positions[frame_order[3]], atol=1e-3)
+    np.testing.assert_allclose(part.affine[:3, 3], frame_positions[frame_order[3]], atol=1e-3)
 
 
 def test_multiframe_file_without_geometry_is_refused(tmp_path):
@@ -216,7 +218,7 @@ def test_real_enhanced_file_with_functional_groups(tmp_path):
     assert stack.shape == (2, 512, 512)
     np.testing.assert_allclose(stack.orientation, [-1, 0, 0, 0, 1, 0])
     # normal = (-1, 0, 0) x (0, 1, 0) = (0, 0, -1): frame 1 (z = -149) comes first along it
-    np.testing.assert_allclose(stack.normal, [0, 0, -1])
+    np.testing.assert_allclose(image_plane_normal(stack.orientation), [0, 0, -1])
     assert [s.frame_index for s in stack.slices] == [1, 0]
     np.testing.assert_allclose(stack.positions_lps, [[99.5, -301.5, -149.0], [99.5, -301.5, -159.0]])
     np.testing.assert_allclose(volume.affine[:3, 2], [0, 0, -10.0])
@@ -272,7 +274,7 @@ def test_oblique_series_order_geometry_and_pixels(tmp_path):
     assert (stack.study_id, stack.series_id, stack.description) == (101, 202, "Axial T2")
     assert stack.shape == volume.shape == (5, 24, 40)
     assert stack.instance_numbers.tolist() == truth.instance_numbers.tolist()
-    assert np.all(np.diff(stack.positions_lps @ stack.normal) > 0)
+    assert np.all(np.diff(stack.positions_lps @ image_plane_normal(stack.orientation)) > 0)
     np.testing.assert_array_equal(volume.voxels, truth.expected_voxels)
     np.testing.assert_array_equal(volume.instance_numbers, truth.instance_numbers)
     assert stack.pixel_spacing == (0.5, 0.8)
@@ -280,8 +282,9 @@ def test_oblique_series_order_geometry_and_pixels(tmp_path):
     # hand-computed LPS of known pixels: 39 columns are 31.2 mm along IOP[0:3], 23 rows 11.5 mm along IOP[3:6]
     for k, row, col in [(0, 0, 0), (0, 23, 0), (0, 0, 39), (4, 23, 39), (2, 10, 7)]:
         expected = truth.positions_lps[k] + col * 0.8 * truth.row_direction + row * 0.5 * truth.column_direction
-        np.testing.assert_allclose(volume.voxel_to_patient(np.array([[k, row, col]]))[0], expected, atol=1e-3)
-    np.testing.assert_allclose(volume.spacing, [4.0, 0.5, 0.8], atol=1e-4)
+        np.testing.assert_allclose(voxel_to_patient(volume.affine, np.array([[k, row, col]]))[0], expected, atol=1e-3)
+    np.testing.assert_allclose([slice_spacing_mm(volume.affine), *pixel_spacing(volume.affine)], [4.0, 0.5, 0.8],
+                               atol=1e-4)
     np.testing.assert_allclose(stack.position_residual_mm, 0, atol=1e-3)
 
 
@@ -290,9 +293,10 @@ def test_voxel_patient_voxel_round_trip(tmp_path):
     volume = read_volume(truth.series_dir)
     points_src = np.random.default_rng(0).uniform([0, 0, 0], [4, 23, 39], size=(50, 3))
 
-    np.testing.assert_allclose(volume.patient_to_voxel(volume.voxel_to_patient(points_src)), points_src, atol=1e-9)
+    np.testing.assert_allclose(patient_to_voxel(volume.affine, voxel_to_patient(volume.affine, points_src)), points_src,
+                               atol=1e-9)
     # and the slice centres land on the written ImagePositionPatient values
-    centres = volume.voxel_to_patient(np.column_stack([np.arange(5), np.zeros(5), np.zeros(5)]))
+    centres = voxel_to_patient(volume.affine, np.column_stack([np.arange(5), np.zeros(5), np.zeros(5)]))
     np.testing.assert_allclose(centres, truth.positions_lps, atol=1e-3)
 
 
@@ -523,10 +527,10 @@ def test_load_a_contiguous_range_of_slices(tmp_path):
     part = load_volume(stack, slice(1, 4))
     np.testing.assert_array_equal(part.voxels, truth.expected_voxels[1:4])
     np.testing.assert_array_equal(part.instance_numbers, truth.instance_numbers[1:4])
-    np.testing.assert_allclose(part.origin, truth.positions_lps[1], atol=1e-3)
+    np.testing.assert_allclose(part.affine[:3, 3], truth.positions_lps[1], atol=1e-3)
     points_src = np.array([[0, 3, 4], [2, 20, 30]])
     np.testing.assert_allclose(
-        part.voxel_to_patient(points_src), voxel_to_patient(stack.affine, points_src + [1, 0, 0]), atol=1e-9
+        voxel_to_patient(part.affine, points_src), voxel_to_patient(stack.affine, points_src + [1, 0, 0]), atol=1e-9
     )
     assert part.source_paths == tuple(str(p) for p in truth.paths[1:4])
 

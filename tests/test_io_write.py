@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from radiospine.geometry import make_affine
 from radiospine.io.dicom import load_volume, read_series_headers
-from radiospine.io.volume import make_affine
 from radiospine.io.write import MrImageHeader, derived_uid, write_mr_image
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from radiospine import vocab
-from radiospine.io.volume import Volume, make_affine
+from radiospine.geometry import make_affine, slice_normal
+from radiospine.io.volume import Volume
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
 
 #: A lordotic lumbar canal: level points 38 mm apart, curving posteriorly towards the sacrum (LPS mm).
@@ -60,7 +61,8 @@ def test_tilted_stacks_one_per_disc_in_one_series(caplog: pytest.LogCaptureFixtu
     # one 5-slice stack per disc, each tilted along the canal at its level; the middle slice hits the disc
     stacks = [axial_stack(CANAL[level], canal_direction(level), 5, 4.0,
                           first_instance=1 + 5 * i) for i, level in enumerate(vocab.LEVELS)]
-    assert not np.allclose(stacks[0].normal, stacks[4].normal, atol=0.05)  # really tilted differently
+    # really tilted differently
+    assert not np.allclose(slice_normal(stacks[0].affine), slice_normal(stacks[4].affine), atol=0.05)
     with caplog.at_level(logging.INFO, logger="radiospine.roi.axial"):
         table = assign_axial_levels(7, CANAL, {501: stacks}, max_distance_mm=6.0)
     assert chosen(table) == {level: (501, i, 2) for i, level in enumerate(vocab.LEVELS)}

@@ -8,7 +8,16 @@ import pytest
 
 from radiospine import vocab
 from radiospine.config import RoiConfig
-from radiospine.io.volume import Volume, make_affine
+from radiospine.geometry import (
+    coordinate_to_patient,
+    line_plane_intersection,
+    make_affine,
+    patient_to_pixel,
+    pixel_to_patient,
+    polyline_plane_intersection,
+    slice_plane_distances,
+)
+from radiospine.io.volume import Volume
 from radiospine.roi.cut import (
     NO_COORDINATE,
     RoiError,
@@ -17,14 +26,6 @@ from radiospine.roi.cut import (
     normalise_intensity,
     odd_pixels,
     place_rois,
-)
-from radiospine.roi.geometry import (
-    coordinate_to_patient,
-    line_plane_intersection,
-    patient_to_pixel,
-    pixel_to_patient,
-    polyline_plane_intersection,
-    slice_plane_distances,
 )
 
 

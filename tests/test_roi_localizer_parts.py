@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from radiospine.config import LocalizerConfig
-from radiospine.io.volume import Volume, make_affine, voxel_to_patient
+from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
+from radiospine.io.volume import Volume
 from radiospine.roi.localizer import (
     _interpolate_levels,
     canonical_axes,
@@ -33,7 +34,7 @@ def sagittal_volume(*, flip_rows: bool = False, reverse_slices: bool = False) ->
     voxels = np.zeros((11, 120, 100), np.float32)
     volume = Volume(voxels=voxels, affine=affine, instance_numbers=np.arange(1, 12), study_id=1, series_id=2)
     spot = np.array([0.0, -5.0, 10.0])
-    src = volume.patient_to_voxel(spot[None, :])[0]
+    src = patient_to_voxel(volume.affine, spot[None, :])[0]
     rows, cols = np.indices((120, 100))
     voxels[int(round(src[0]))] = np.exp(-(((rows - src[1]) * 0.8) ** 2 + ((cols - src[2]) * 0.7) ** 2) / 8.0)
     return volume
@@ -49,7 +50,7 @@ def test_canonical_grid_shows_the_same_picture_whatever_the_image_orientation() 
         grid = grid_affine(volume.affine, 5, np.array([0.0, 0.0, 0.0]), "sagittal", 64, 1.0)
         # grid slice k is stack slice k
         np.testing.assert_allclose(voxel_to_patient(grid, np.array([[3, 31.5, 31.5]]))[0, 0],
-                                   volume.voxel_to_patient(np.array([[3, 0, 0]]))[0, 0])
+                                   voxel_to_patient(volume.affine, np.array([[3, 0, 0]]))[0, 0])
         pictures.append(resample_to_grid(volume.voxels, volume.affine, grid, 64, 1.0))
     k_spot = [int(np.argmax(p.reshape(11, -1).max(axis=1))) for p in pictures]
     assert k_spot[0] == k_spot[1] == 5 and k_spot[2] == 5
@@ -65,7 +66,7 @@ def test_heatmap_target_decodes_back_to_its_point(point: tuple[float, float, flo
     grid = grid_affine(volume.affine, 5, np.zeros(3), "sagittal", 64, 2.0)
     points = np.full((3, 2, 3), np.nan)
     points[1, 0] = point
-    distance_to_slice_5 = abs(point[0] - volume.voxel_to_patient(np.array([[5, 0, 0]]))[0, 0])
+    distance_to_slice_5 = abs(point[0] - voxel_to_patient(volume.affine, np.array([[5, 0, 0]]))[0, 0])
     target = heatmap_targets(grid, 5, 64, points, sigma_mm=4.0, sigma_normal_mm=3.0)
     assert target.shape == (3, 64, 64) and target[0].max() == 0 and target[2].max() == 0
     peak, row, col = decode_peak(target[1])
@@ -90,11 +91,11 @@ def test_foramen_side_comes_from_geometry_not_instance_order() -> None:
     for reverse in (False, True):
         volume = sagittal_volume(reverse_slices=reverse)
         offsets = lateral_offsets_mm(volume, np.array([0.0, 0.0, 0.0]))
-        x_of_slice = volume.voxel_to_patient(np.stack([np.arange(11), np.zeros(11), np.zeros(11)], 1))[:, 0]
+        x_of_slice = voxel_to_patient(volume.affine, np.stack([np.arange(11), np.zeros(11), np.zeros(11)], 1))[:, 0]
         np.testing.assert_allclose(offsets, x_of_slice, atol=1e-9)  # + = patient's left, whatever the order
     instance, x, y = point_on_stack(volume, np.array([7.2, -5.0, 10.0]))
     assert instance == volume.instance_numbers[int(np.argmin(np.abs(x_of_slice - 7.2)))]
-    np.testing.assert_allclose(volume.voxel_to_patient(np.array([[0, y, x]]))[0, 1:], [-5.0, 10.0], atol=1e-9)
+    np.testing.assert_allclose(voxel_to_patient(volume.affine, np.array([[0, y, x]]))[0, 1:], [-5.0, 10.0], atol=1e-9)
 
 
 def test_missing_levels_are_interpolated_along_the_spine() -> None:

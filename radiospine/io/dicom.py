@@ -39,7 +39,7 @@ The header scan reads no pixel data, so it cannot see everything (damaged compre
 after the scan): :func:`load_volume` raises :class:`DicomReadError` naming the file when its pixels cannot be
 decoded.
 
-Geometry follows :mod:`radiospine.io.volume`: voxels ``(slice, row, col)``, affine ``(col, row, slice, 1)`` ->
+Geometry follows :mod:`radiospine.geometry`: voxels ``(slice, row, col)``, affine ``(col, row, slice, 1)`` ->
 patient LPS mm, PixelSpacing ``[row spacing, column spacing]``.
 """
 
@@ -71,7 +71,8 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
-from radiospine.io.volume import Volume, make_affine, unit
+from radiospine.geometry import image_plane_normal, make_affine, sub_stack_affine
+from radiospine.io.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ class SeriesStack:
     Attributes:
         study_id, series_id: the series' identity.
         stack_index: 0-based stack number within the series (stacks numbered by smallest instance number).
-        slices: ``(n_slices,)`` slice headers, in ascending position along :attr:`normal`.
+        slices: ``(n_slices,)`` slice headers, in ascending position along the image plane normal
+            (:func:`radiospine.geometry.image_plane_normal` of ``orientation``).
         orientation: ImageOrientationPatient of the first slice (6 direction cosines).
         pixel_spacing: ``(row spacing, column spacing)`` mm.
         slice_thickness: SliceThickness mm, ``None`` when absent.
@@ -201,23 +203,18 @@ class SeriesStack:
         return np.array([s.position_lps for s in self.slices], dtype=float)
 
     @property
-    def normal(self) -> np.ndarray:
-        """Unit LPS slice normal ``IOP[0:3] x IOP[3:6]``; slices are ordered along it."""
-        return _normal(self.orientation)
-
-    @property
     def slice_step_vector(self) -> np.ndarray:
         """LPS mm vector from one slice's position to the next: (last - first) / (n - 1).
 
-        For a single slice: the normal times SpacingBetweenSlices, else SliceThickness, else 1 mm.
+        For a single slice: the image plane normal times SpacingBetweenSlices, else SliceThickness, else 1 mm.
         """
         positions = self.positions_lps
         if len(positions) > 1:
             return (positions[-1] - positions[0]) / (len(positions) - 1)
         for step in (self.spacing_between_slices, self.slice_thickness):
             if step is not None and step > 0:
-                return self.normal * step
-        return self.normal * 1.0
+                return image_plane_normal(self.orientation) * step
+        return image_plane_normal(self.orientation) * 1.0
 
     @property
     def affine(self) -> np.ndarray:
@@ -389,8 +386,7 @@ def load_volume(stack: SeriesStack, slices: slice | None = None) -> Volume:
             np.multiply(frame, np.float32(header.rescale_slope), out=voxels[out_index], dtype=np.float32)
             voxels[out_index] += np.float32(header.rescale_intercept)
 
-    affine = stack.affine
-    affine[:3, 3] += start * affine[:3, 2]
+    affine = sub_stack_affine(stack.affine, start)
     return Volume(
         voxels=voxels,
         affine=affine,
@@ -715,11 +711,6 @@ def _list_series_folder(series_dir: Path) -> tuple[list[Path], list[str]]:
 
 # --- stacks --------------------------------------------------------------------------------------------------------
 
-def _normal(orientation) -> np.ndarray:
-    row_direction, column_direction = np.reshape(np.asarray(orientation, dtype=float), (2, 3))
-    return unit(np.cross(row_direction, column_direction))
-
-
 def _same_plane(a: SliceHeader, b: SliceHeader, max_cos_deviation: float) -> bool:
     """Same image size and spacing, row and column directions within the angular tolerance."""
     if (a.rows, a.cols) != (b.rows, b.cols) or not np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3):
@@ -767,7 +758,7 @@ def _slice_sort_key(header: SliceHeader) -> tuple[int, str, int]:
 
 
 def _distance_along_normal(slices: list[SliceHeader]) -> np.ndarray:
-    normal = _normal(slices[0].orientation)
+    normal = image_plane_normal(slices[0].orientation)
     return np.array([s.position_lps for s in slices], dtype=float) @ normal
 
 

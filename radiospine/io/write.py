@@ -1,7 +1,7 @@
 """Write DICOM MR images: single-frame MR Image Storage files, explicit VR little endian, uint16 pixels.
 
 Used by the synthetic study generator (:mod:`radiospine.synth`); like :mod:`radiospine.io.dicom` it lives in
-:mod:`radiospine.io`, the only package that imports pydicom. Geometry tags follow :mod:`radiospine.io.volume`:
+:mod:`radiospine.io`, the only package that imports pydicom. Geometry tags follow :mod:`radiospine.geometry`:
 ImagePositionPatient is the LPS mm of the centre of pixel (row 0, column 0), ImageOrientationPatient the row
 direction (along which the column index grows) then the column direction, PixelSpacing ``[row spacing, column
 spacing]``. Nothing in a written file depends on the time it was written: the same header and pixels give the

@@ -3,8 +3,9 @@
 The sagittal canal points (one per level, in patient LPS mm) are shared by every series of a study, because all
 series of one session live in the same patient frame. Each level point is measured against every slice plane of
 every axial stack (several axial series, several stacks in a series, stacks tilted per disc): the distance along
-that stack's own normal says how far the slice is from the level, and the point's projection onto the plane must
-fall inside the image. Per level, the slice with the smallest distance wins, if it is within ``max_distance_mm``.
+that stack's own slice normal (:func:`radiospine.geometry.slice_normal`) says how far the slice is from the level,
+and the point's projection onto the plane must fall inside the image. Per level, the slice with the smallest
+distance wins, if it is within ``max_distance_mm``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from radiospine import vocab
-from radiospine.roi.geometry import StackGeometry, inside_image, patient_to_pixel, slice_plane_distances, slice_step_mm
+from radiospine.geometry import StackGeometry, inside_image, patient_to_pixel, slice_plane_distances, slice_spacing_mm
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ def assign_axial_levels(study_id: int, level_points_lps: Mapping[str, np.ndarray
 
     Returns:
         One row per (series, stack, level) with ``ASSIGNMENT_COLUMNS``: the stack's nearest slice to the level
-        point, its signed ``distance_mm`` along the stack normal (point minus plane), the point's projected pixel
-        ``x`` (column) / ``y`` (row) on that slice, ``inside`` (projection inside the image), and ``chosen``: True
+        point, its signed ``distance_mm`` along the stack's slice normal (point minus plane), the point's projected
+        pixel ``x`` (column) / ``y`` (row) on that slice, ``inside`` (projection inside the image), and ``chosen``: True
         on the single row per level picked (smallest absolute distance among rows that are inside and within
         ``max_distance_mm``). A level with no chosen row could not be assigned (logged as a warning).
     """
@@ -47,7 +48,7 @@ def assign_axial_levels(study_id: int, level_points_lps: Mapping[str, np.ndarray
     for series_id, stacks in axial_stacks.items():
         for stack_index, stack in enumerate(stacks):
             n_slices = int(stack.shape[0])
-            step = slice_step_mm(stack.affine)
+            step = slice_spacing_mm(stack.affine)
             for level, point in level_points_lps.items():
                 if level not in vocab.LEVELS:
                     raise ValueError(f"unknown level {level!r}; expected one of {', '.join(vocab.LEVELS)}")

@@ -44,19 +44,22 @@ from scipy import ndimage
 from radiospine import vocab
 from radiospine.catalog import series_dir
 from radiospine.config import RadiospineConfig, RoiConfig
-from radiospine.io.volume import patient_to_voxel
-from radiospine.roi.axial import assign_axial_levels, chosen_slices
-from radiospine.roi.geometry import (
+from radiospine.geometry import (
     StackGeometry,
+    column_direction,
     coordinate_to_patient,
     find_stack,
     inside_image,
     patient_to_pixel,
+    patient_to_voxel,
+    pixel_spacing,
     polyline_crossing_on_slice,
     project_onto_slice,
+    row_direction,
     slice_index_of_instance,
-    slice_step_mm,
+    slice_spacing_mm,
 )
+from radiospine.roi.axial import assign_axial_levels, chosen_slices
 from radiospine.roi.types import Roi, RoiCrop, RoiSource, RoiView
 
 log = logging.getLogger(__name__)
@@ -147,9 +150,9 @@ def sample_slices(images: np.ndarray, affine: np.ndarray, grid_lps: np.ndarray, 
     src = patient_to_voxel(affine, grid_lps.reshape(-1, 3))
     rows, cols = src[:, 1], src[:, 2]
     k, n_rows, n_cols = images.shape
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :2], axis=0)  # col spacing, row spacing
-    sigma_row = max(0.0, (pixel_mm / spacing[1] - 1.0) / 2.0)
-    sigma_col = max(0.0, (pixel_mm / spacing[0] - 1.0) / 2.0)
+    row_spacing, col_spacing = pixel_spacing(affine)
+    sigma_row = max(0.0, (pixel_mm / row_spacing - 1.0) / 2.0)
+    sigma_col = max(0.0, (pixel_mm / col_spacing - 1.0) / 2.0)
     margin = int(np.ceil(4 * max(sigma_row, sigma_col))) + 2
     r0 = int(np.clip(np.floor(rows.min()) - margin, 0, n_rows))
     r1 = int(np.clip(np.ceil(rows.max()) + margin + 1, 0, n_rows))
@@ -201,18 +204,16 @@ def cut_roi(roi: Roi, slices: np.ndarray, affine: np.ndarray, config: RoiConfig)
     grid_shape = (odd_pixels(roi.size_mm[0], pixel_mm), odd_pixels(roi.size_mm[1], pixel_mm))
     centre_slice = roi.slice_indices[len(roi.slice_indices) // 2]
     centre = project_onto_slice(affine, centre_slice, np.asarray(roi.centre_lps)[None, :])[0]
-    column_direction = affine[:3, 1] / np.linalg.norm(affine[:3, 1])  # row index grows along it
-    row_direction = affine[:3, 0] / np.linalg.norm(affine[:3, 0])  # column index grows along it
-    grid = plane_grid(centre, column_direction, row_direction, grid_shape, pixel_mm)
+    # the crop's rows grow along the image's column direction, its columns along the image's row direction
+    grid = plane_grid(centre, column_direction(affine), row_direction(affine), grid_shape, pixel_mm)
     image = sample_slices(slices, affine, grid, pixel_mm)
     valid = sample_slices(np.ones((1, *slices.shape[1:]), np.float32), affine, grid, pixel_mm, order=0)[0] > 0
     mask = roi_mask(grid_shape, pixel_mm, shape_cfg.mask_size_mm, config.mask_shape) * valid
     if not mask.any():
         raise RoiError(f"study {roi.study_id} {roi.condition} {roi.level}: the {roi.view} ROI at "
                        f"{np.round(roi.centre_lps, 1).tolist()} mm lies outside series {roi.series_id}'s image")
-    step = slice_step_mm(affine)
     return RoiCrop(roi=roi, image=image, mask=np.repeat(mask[None].astype(np.uint8), len(roi.slice_indices), 0),
-                   pixel_mm=pixel_mm, slice_mm=step)
+                   pixel_mm=pixel_mm, slice_mm=slice_spacing_mm(affine))
 
 
 def place_rois(study_id: int, coords: pd.DataFrame, stacks_by_series: Mapping[int, Sequence[StackGeometry]],

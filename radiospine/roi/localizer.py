@@ -54,19 +54,22 @@ from radiospine import vocab
 from radiospine.artifacts import atomic_path, atomic_write_text
 from radiospine.catalog import Catalog
 from radiospine.config import LocalizerConfig, RoiConfig
-from radiospine.io.volume import patient_to_voxel, unit, voxel_to_patient
-from radiospine.roi.axial import assign_axial_levels, chosen_slices
-from radiospine.roi.cut import normalise_intensity, sample_slices
-from radiospine.roi.geometry import (
+from radiospine.geometry import (
     find_stack,
+    in_plane_distance,
     inside_image,
     patient_to_pixel,
+    patient_to_voxel,
     polyline_crossing_on_slice,
     project_onto_slice,
     slice_index_of_instance,
+    slice_normal,
     slice_plane_distances,
-    stack_normal,
+    unit,
+    voxel_to_patient,
 )
+from radiospine.roi.axial import assign_axial_levels, chosen_slices
+from radiospine.roi.cut import normalise_intensity, sample_slices
 from radiospine.roi.unet import UNet, UNetSpec
 from radiospine.threads import thread_budget
 
@@ -104,7 +107,7 @@ def canonical_axes(affine: np.ndarray, kind: Kind) -> tuple[np.ndarray, np.ndarr
     left (+x), rows towards the back (+y). The patient axes are projected onto the plane, so oblique and
     flipped images all give the same picture.
     """
-    normal = stack_normal(affine)
+    normal = slice_normal(affine)
     col_target, row_target = ((np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0])) if kind == "sagittal"
                               else (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
     col_axis = unit(col_target - (col_target @ normal) * normal)
@@ -124,7 +127,7 @@ def grid_affine(stack_affine: np.ndarray, reference_slice: int, centre_lps: np.n
     centre = project_onto_slice(stack_affine, reference_slice, np.asarray(centre_lps, float)[None, :])[0]
     step = np.asarray(stack_affine, float)[:3, 2]
     if np.linalg.norm(step) == 0:
-        step = stack_normal(stack_affine)
+        step = slice_normal(stack_affine)
     middle = (size - 1) / 2.0
     affine = np.eye(4)
     affine[:3, 0] = col_axis * pixel_mm
@@ -175,7 +178,7 @@ def heatmap_targets(grid: np.ndarray, slice_index: int, size: int, points_lps: n
     if not present.any():
         return out
     pixel_mm = float(np.linalg.norm(grid[:3, 0]))
-    normal = stack_normal(grid)
+    normal = slice_normal(grid)
     distance = slice_plane_distances(grid, slice_index + 1, flat[present])[:, slice_index]
     projected = flat[present] - distance[:, None] * normal[None, :]
     src = patient_to_voxel(grid, projected)
@@ -713,7 +716,7 @@ def lateral_offsets_mm(stack, reference_lps: np.ndarray) -> np.ndarray:
 
     Positive: the slice is on the patient's left. NaN for a stack whose planes are not sagittal enough to say.
     """
-    normal = stack_normal(stack.affine)
+    normal = slice_normal(stack.affine)
     if abs(normal[0]) < 0.5:
         return np.full(stack.shape[0], np.nan)
     distances = slice_plane_distances(stack.affine, stack.shape[0], reference_lps)[0]  # reference minus plane
@@ -969,8 +972,6 @@ def evaluate_points(catalog: Catalog, predicted: pd.DataFrame, truth: pd.DataFra
     instance, ``wrong_level`` whether the prediction lies closer to a mark of another level of the same
     condition than to the marks of its own level.
     """
-    from radiospine.roi.geometry import in_plane_distance
-
     rows = []
     for study_id in sorted(set(truth["study_id"])):
         study = read_study_series(catalog, int(study_id))

@@ -20,8 +20,8 @@ from radiospine import vocab
 from radiospine.artifacts import atomic_path
 from radiospine.catalog import scan
 from radiospine.config import RoiConfig
+from radiospine.geometry import patient_to_pixel, pixel_spacing
 from radiospine.roi.cut import NO_COORDINATE, place_rois, read_study_stacks
-from radiospine.roi.geometry import patient_to_pixel
 
 SOURCE_COLOURS = {"label": "lime", "predicted": "cyan", "fallback": "orange"}
 SIDE_MARK = {"left": "L", "right": "R", None: ""}
@@ -82,7 +82,7 @@ def _draw_roi(axes, roi, stack) -> None:
     side = vocab.split_condition(roi.condition).side
     colour = SOURCE_COLOURS.get(roi.source, "red")
     _, x, y = patient_to_pixel(stack.affine, np.asarray(roi.centre_lps)[None, :])
-    row_mm, col_mm = np.linalg.norm(stack.affine[:3, 1]), np.linalg.norm(stack.affine[:3, 0])
+    row_mm, col_mm = pixel_spacing(stack.affine)
     height, width = roi.size_mm[0] / row_mm, roi.size_mm[1] / col_mm
     axes.add_patch(Rectangle((x[0] - width / 2, y[0] - height / 2), width, height, fill=False, edgecolor=colour,
                              linewidth=0.8))

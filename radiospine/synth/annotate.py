@@ -17,7 +17,7 @@ import numpy as np
 
 from radiospine import vocab
 from radiospine.config import SynthConfig
-from radiospine.io.volume import patient_to_voxel
+from radiospine.geometry import patient_to_voxel, slice_step_vector
 from radiospine.synth.anatomy import Anatomy
 from radiospine.synth.labels import StudyLabels
 from radiospine.synth.series import SeriesPlan, StackPlan, stack_affine
@@ -45,7 +45,7 @@ def project(stack: StackPlan, point_lps: np.ndarray) -> tuple[int, float, float,
     affine = stack_affine(stack)
     slice_pos, row, col = patient_to_voxel(affine, point_lps[None, :])[0]
     index = int(np.clip(np.rint(slice_pos), 0, stack.n_slices - 1))
-    step = float(np.linalg.norm(affine[:3, 2])) if stack.n_slices > 1 else stack.spacing_between_slices
+    step = float(np.linalg.norm(slice_step_vector(affine))) if stack.n_slices > 1 else stack.spacing_between_slices
     distance = abs(slice_pos - index) * step
     return index, distance, float(col), float(row)
 

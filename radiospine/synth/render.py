@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from radiospine.geometry import image_plane_normal
 from radiospine.synth.anatomy import TEXTURE_AMPLITUDE, TISSUES, Anatomy
 from radiospine.synth.series import StackPlan, stack_affine
 
@@ -108,7 +109,7 @@ def render_slice(anatomy: Anatomy, stack: StackPlan, index: int, appearance: Ser
     to_anatomical = anatomy.patient_rotation.T
     origin = anatomy.lps_to_anatomical((affine[:3, 3] + index * affine[:3, 2])[None, :])[0]
     row_step, col_step = to_anatomical @ affine[:3, 1], to_anatomical @ affine[:3, 0]
-    normal = to_anatomical @ stack.normal
+    normal = to_anatomical @ image_plane_normal(stack.orientation)
     row_index = np.linspace(0.0, rows - 1.0, n_rows)
     col_index = np.linspace(0.0, cols - 1.0, n_cols)
     points = _grid(origin, row_step, col_step, row_index, col_index)

@@ -30,7 +30,7 @@ import numpy as np
 
 from radiospine import vocab
 from radiospine.config import SynthConfig
-from radiospine.io.volume import make_affine, unit
+from radiospine.geometry import image_plane_normal, make_affine, unit
 from radiospine.synth.anatomy import Anatomy
 from radiospine.synth.labels import load_facts
 
@@ -67,10 +67,6 @@ class StackPlan:
     def n_slices(self) -> int:
         return len(self.positions)
 
-    @property
-    def normal(self) -> np.ndarray:
-        """Unit LPS normal ``IOP[0:3] x IOP[3:6]``."""
-        return unit(np.cross(self.orientation[:3], self.orientation[3:]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +87,7 @@ class SeriesPlan:
 def stack_affine(stack: StackPlan) -> np.ndarray:
     """``(4, 4)`` ``(col, row, slice, 1)`` -> LPS affine of a stack (slice index in ``positions`` order)."""
     step = stack.positions[1] - stack.positions[0] if stack.n_slices > 1 else \
-        stack.normal * stack.spacing_between_slices
+        image_plane_normal(stack.orientation) * stack.spacing_between_slices
     return make_affine(stack.positions[0], stack.orientation, stack.pixel_spacing, step)
 
 

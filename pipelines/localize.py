@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radiospine.roi.localizer import localize
+    from radiospine.roi.localizer.stage import localize
 
     config = config_from_arguments(args)
     summary = localize(args.data, args.split, args.work, config.roi, out=args.out, device=config.localizer.device,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.features.stage import run_features_stage
     from radiospine.features.store import read_features
     from radiospine.models.condition_models import TrainedModels
-    from radiospine.roi.localizer import localize
+    from radiospine.roi.localizer.stage import localize
     from radiospine.submission import build_submission, study_ids_of_split, write_submission
 
     config = config_from_arguments(args)

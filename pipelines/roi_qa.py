@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from radiospine.roi.centres import load_predicted_coordinates, roi_centres
-    from radiospine.roi.localizer import provenance_path
+    from radiospine.roi.localizer.stage import provenance_path
     from radiospine.roi.qa import roi_qa_picture
 
     config = config_from_arguments(args)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radiospine.roi.localizer import train_localizer
+    from radiospine.roi.localizer.stage import train_localizer
 
     config = config_from_arguments(args)
     report = train_localizer(args.data, args.work, config.localizer, config.roi,

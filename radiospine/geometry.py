@@ -185,6 +185,12 @@ def slice_origin(affine: np.ndarray, slice_index: float) -> np.ndarray:
     return voxel_to_patient(affine, np.array([[slice_index, 0.0, 0.0]]))[0]
 
 
+def slice_centre(affine: np.ndarray, shape: tuple[int, int, int], slice_index: float) -> np.ndarray:
+    """``(3,)`` LPS mm of the centre of the image of slice ``slice_index`` of a ``(n_slices, rows, cols)`` stack."""
+    _, rows, cols = shape
+    return voxel_to_patient(affine, np.array([[slice_index, (rows - 1) / 2, (cols - 1) / 2]]))[0]
+
+
 # --- instances -----------------------------------------------------------------------------------------------------
 
 def slice_index_of_instance(stack: StackGeometry, instance_number: int) -> int:

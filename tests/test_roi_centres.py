@@ -10,7 +10,8 @@ import pytest
 from radiospine.config import RoiConfig
 from radiospine.labels import load_label_coordinates
 from radiospine.roi.centres import roi_centres
-from radiospine.roi.localizer import PROVENANCE_COLUMNS, localizer_dir, write_coordinates
+from radiospine.roi.localizer.inference import PROVENANCE_COLUMNS
+from radiospine.roi.localizer.stage import localizer_dir, write_coordinates
 
 LABELS = """study_id,series_id,instance_number,condition,level,x,y
 11,21,8,Spinal Canal Stenosis,L1/L2,100.5,80.25

@@ -16,7 +16,7 @@ from radiospine.cli import main
 from radiospine.config import SynthConfig, SynthQuirks
 from radiospine.labels import load_label_coordinates
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
-from radiospine.roi.localizer import label_points, read_study_series
+from radiospine.roi.localizer.data import label_points, read_study_series
 
 pytestmark = pytest.mark.slow
 

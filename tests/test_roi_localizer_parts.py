@@ -9,18 +9,16 @@ import torch
 from radiospine.config import LocalizerConfig
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
-from radiospine.roi.localizer import (
-    _interpolate_levels,
+from radiospine.roi.localizer.grids import (
     canonical_axes,
     decode_peak,
     grid_affine,
     heatmap_targets,
-    lateral_offsets_mm,
-    point_on_stack,
     resample_to_grid,
     stack_inputs,
 )
-from radiospine.roi.unet import UNet, UNetSpec
+from radiospine.roi.localizer.inference import _interpolate_levels, lateral_offsets_mm, point_on_stack
+from radiospine.roi.localizer.unet import UNet, UNetSpec
 
 
 def sagittal_volume(*, flip_rows: bool = False, reverse_slices: bool = False) -> Volume:
@@ -117,7 +115,7 @@ def gaussian_blob(size: int, row: float, col: float, height: float, sigma_px: fl
 
 
 def test_levels_are_decoded_together_in_anatomical_order() -> None:
-    from radiospine.roi.localizer import decode_levels
+    from radiospine.roi.localizer.grids import decode_levels
 
     size = 64
     grid = np.eye(4)

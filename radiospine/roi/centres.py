@@ -19,7 +19,7 @@ import pandas as pd
 
 from radiospine.config import RoiConfig
 from radiospine.labels import load_label_coordinates
-from radiospine.roi.localizer import localizer_dir, provenance_path
+from radiospine.roi.localizer.stage import localizer_dir, provenance_path
 
 
 def predicted_coordinates_path(work_dir: str | Path, split: str, *, out_of_fold: bool = False) -> Path:

@@ -1,0 +1,148 @@
+"""Training the localiser: augmentation, the heatmap loss, fitting the two networks on training stacks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radiospine.config import LocalizerConfig
+from radiospine.geometry import patient_to_voxel, pixel_spacing
+from radiospine.roi.localizer.data import TrainingStack
+from radiospine.roi.localizer.grids import AXIAL_CHANNELS, SAGITTAL_CHANNELS, Kind, heatmap_targets, stack_inputs
+from radiospine.roi.localizer.model import Localizer, resolve_device
+from radiospine.roi.localizer.unet import UNet, UNetSpec
+
+log = logging.getLogger(__name__)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, kind: Kind, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """Random rotation, scale, shift (and for axial slices a left-right mirror with the side channels swapped)
+    applied alike to inputs ``(b, c_in, h, w)`` and targets ``(b, c_out, h, w)``; then random gamma, contrast and
+    noise on the inputs."""
+    b = x.shape[0]
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator) * 2 - 1
+
+    angle = uniform(b) * (np.pi / 12)
+    scale = 1 + uniform(b) * 0.12
+    shift = uniform(b, 2) * 0.1
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / scale, -torch.sin(angle) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / scale, torch.cos(angle) / scale
+    theta[:, :, 2] = shift
+    flip = torch.zeros(b, dtype=torch.bool)
+    if kind == "axial":
+        flip = torch.rand(b, generator=generator) < 0.5
+        theta[flip, :, 0] *= -1  # sample the input mirrored left-right
+    theta = theta.to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y, F.affine_grid(theta, list(y.shape), align_corners=False), mode="bilinear",
+                      padding_mode="zeros", align_corners=False)
+    if flip.any():
+        y[flip.to(y.device)] = y[flip.to(y.device)].flip(1)  # the mirrored left point is the right one
+    gamma = torch.exp(uniform(b) * 0.35).view(b, 1, 1, 1).to(x.device)
+    contrast = (1 + uniform(b) * 0.15).view(b, 1, 1, 1).to(x.device)
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * 0.02
+    return (x.clamp(0, 1) ** gamma * contrast + noise), y
+
+
+def heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Quality focal loss (GFL, Li et al. 2020) for soft heatmap targets, ``(b, c, h, w)`` each.
+
+    Binary cross-entropy weighted by ``|target - p| ** 2``, so the mass of easy background pixels stops drowning
+    the few peak pixels, summed and divided by the target mass (about the number of peak pixels). Its optimum
+    is still ``p = target``, so a peak's height keeps saying how close the slice is to the point.
+    """
+    probability = torch.sigmoid(logits)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weight = (target - probability).abs().pow(2)
+    return (weight * cross_entropy).sum() / target.sum().clamp(min=1.0)
+
+
+def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerConfig, device: torch.device,
+                samples_per_stack: int) -> tuple[UNet, list[float]]:
+    """Train one heatmap U-Net on the stacks of its kind; returns the network (eval mode) and the epoch losses."""
+    stacks = [stack for stack in stacks if stack.kind == kind]
+    if not stacks:
+        raise ValueError(f"no {kind} training slices: the training studies have no readable series with labels")
+    n_out = len(SAGITTAL_CHANNELS) if kind == "sagittal" else len(AXIAL_CHANNELS)
+    size = stacks[0].images.shape[1]
+    spec = UNetSpec(in_channels=2 * config.neighbour_slices + 1, out_channels=n_out,
+                    base_channels=config.base_channels, depth=config.depth)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    net = UNet(spec).to(device)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = int(np.ceil(len(stacks) * samples_per_stack / config.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, pct_start=0.15,
+                                                   total_steps=config.epochs * steps_per_epoch)
+    history = []
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        draws = [(i, int(k)) for i, stack in enumerate(stacks)
+                 for k in rng.choice(len(stack.weights), size=samples_per_stack, p=stack.weights / stack.weights.sum())]
+        order = rng.permutation(len(draws))
+        net.train()
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = [draws[j] for j in order[start:start + config.batch_size]]
+            if len(batch) < 2:
+                continue  # batch norm needs two samples
+            x = torch.from_numpy(np.stack([stack_inputs(stacks[i].images, [k], config.neighbour_slices)[0]
+                                           for i, k in batch])).to(device)
+            y = torch.from_numpy(np.stack([
+                heatmap_targets(stacks[i].grid, k, size, stacks[i].points_lps, config.sigma_mm,
+                                config.sigma_normal_mm) for i, k in batch])).to(device)
+            x, y = augment(x, y, kind, generator)
+            loss = heatmap_loss(net(x), y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        history.append(total / max(count, 1))
+        log.info("%s localiser epoch %d/%d: loss %.5f (%d slices, %.1f s)", kind, epoch + 1, config.epochs,
+                 history[-1], count, time.perf_counter() - started)
+    net.eval()
+    return net, history
+
+
+def subarticular_offsets(stacks: Sequence[TrainingStack]) -> dict[str, list[float]]:
+    """Mean in-plane offset ``[rows, cols]`` in mm of each side's subarticular point from the axial grid centre
+    (where the canal crosses the slice), over the axial training slabs: the fallback for a too weak peak."""
+    offsets: dict[str, list[np.ndarray]] = {condition: [] for condition in AXIAL_CHANNELS}
+    for stack in stacks:
+        if stack.kind != "axial":
+            continue
+        middle = (stack.images.shape[1] - 1) / 2
+        pixel_mm = pixel_spacing(stack.grid)[1]
+        for channel, condition in enumerate(AXIAL_CHANNELS):
+            point = stack.points_lps[channel, 0]
+            if np.isfinite(point).all():
+                _, row, col = patient_to_voxel(stack.grid, point[None, :])[0]
+                offsets[condition].append((np.array([row, col]) - middle) * pixel_mm)
+    return {condition: (np.mean(values, axis=0).tolist() if values else [0.0, 0.0])
+            for condition, values in offsets.items()}
+
+
+def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> tuple[Localizer, dict]:
+    """Train both networks; returns the localiser and a training log (losses and seconds per network)."""
+    device = resolve_device(config.device)
+    report = {"device": str(device)}
+    nets = {}
+    for kind, samples in (("sagittal", config.sagittal_slices_per_epoch), ("axial", config.axial_slices_per_epoch)):
+        started = time.perf_counter()
+        nets[kind], losses = fit_network(stacks, kind, config, device, samples)
+        report[kind] = {"losses": losses, "seconds": round(time.perf_counter() - started, 1),
+                        "stacks": sum(stack.kind == kind for stack in stacks)}
+    return Localizer(nets["sagittal"], nets["axial"], config, subarticular_offsets(stacks), device), report

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radiospine.geometry import image_plane_normal
+from radiospine.geometry import image_plane_normal, slice_origin
 from radiospine.synth.anatomy import TEXTURE_AMPLITUDE, TISSUES, Anatomy
 from radiospine.synth.series import StackPlan, stack_affine
 
@@ -107,7 +107,7 @@ def render_slice(anatomy: Anatomy, stack: StackPlan, index: int, appearance: Ser
     # the slice's pixel geometry, moved into the anatomical frame once (not point by point)
     affine = stack_affine(stack)
     to_anatomical = anatomy.patient_rotation.T
-    origin = anatomy.lps_to_anatomical((affine[:3, 3] + index * affine[:3, 2])[None, :])[0]
+    origin = anatomy.lps_to_anatomical(slice_origin(affine, index)[None, :])[0]
     row_step, col_step = to_anatomical @ affine[:3, 1], to_anatomical @ affine[:3, 0]
     normal = to_anatomical @ image_plane_normal(stack.orientation)
     row_index = np.linspace(0.0, rows - 1.0, n_rows)

@@ -1,22 +1,31 @@
 """The competition metric (RSNA 2024 Lumbar Spine Degenerative Classification), with its four parts.
 
-Exactly DESIGN.md section 2 (the Kaggle metric):
+:func:`score` computes what Kaggle's scoring code (``rsna_lumbar_metric.py``) computes, on every input the
+leaderboard accepts, with ``sklearn.metrics.log_loss`` as it behaved in the competition's environment
+(scikit-learn 1.2.2, Kaggle's image in 2024):
 
 * each scored row has weight 1, 2 or 4 by its TRUE severity (normal_mild, moderate, severe);
-* predicted probabilities are renormalised per row, and the probability given to the true class is
-  clipped to ``[1e-15, 1 - 1e-15]``;
-* a part's loss is the weighted log loss ``sum(w * -log p_true) / sum(w)`` (what ``sklearn.metrics.log_loss``
-  with ``sample_weight`` computes) over
-  1. ``spinal``: the spinal canal rows,
-  2. ``foraminal``: left and right foraminal rows pooled,
-  3. ``subarticular``: left and right subarticular rows pooled,
-  4. ``any_severe_spinal``: one binary row per study: label 1 if any spinal level is Severe, prediction the
-     largest renormalised ``severe`` probability over the study's spinal rows, weight the largest row weight
-     among them (1, 2 or 4);
-* the score is the plain mean of the four parts.
+* ``spinal`` (spinal canal rows), ``foraminal`` (left and right foraminal rows pooled), ``subarticular`` (left
+  and right subarticular rows pooled): ``log_loss(one_hot, p, sample_weight=w)``: every one of the row's three
+  submitted values is clipped to ``[eps, 1 - eps]`` (``eps = np.finfo(np.float64).eps``, 2.2e-16), the row is
+  divided by the sum of its clipped values, and the part is ``sum(w * -ln p_true) / sum(w)``. A row that does
+  not sum to 1 is thus renormalised inside the part, after clipping (``(2, 1, 1)`` becomes ``(1/3, 1/3, 1/3)``,
+  not ``(1/2, 1/4, 1/4)``; ``(0, 0, 0)`` becomes ``(1/3, 1/3, 1/3)``);
+* ``any_severe_spinal``: one binary row per study: label 1 if any of its scored spinal rows is Severe; the
+  prediction is the largest RAW submitted ``severe`` over those rows (not renormalised: a row
+  ``(0.1, 0.1, 2.0)`` gives 2.0), clipped to ``[eps, 1 - eps]`` by ``log_loss``; weight the largest row weight
+  among them (1, 2 or 4); the binary weighted log loss;
+* the score is the plain mean of the four parts. Lower is better.
 
-Rows whose label is missing are not scored; for ``any_severe_spinal`` a study's labelled spinal rows are
-used, and a study with none is not scored there. Lower is better.
+Predictions holding NaN, infinite or negative values are refused (:class:`SubmissionError`, naming the rows), as
+the competition's code refuses them. ``renormalise=True`` is the tolerant variant: every row is divided by its
+sum first (rows summing to 0 are then refused), which changes the score of a file whose rows do not sum to 1
+and so is not the leaderboard's number for it.
+
+Rows whose label is missing are not scored; for ``any_severe_spinal`` a study's labelled spinal rows are used,
+and a study with none is not scored there. One deliberate difference: on labels without any Severe spinal
+study (a small fold), sklearn's binary ``log_loss`` raises; here the part is computed all the same (what
+``log_loss(..., labels=[0, 1])`` gives).
 """
 
 from __future__ import annotations
@@ -32,13 +41,15 @@ from radiospine.csvio import summarize_items
 from radiospine.labels import LONG_LABEL_COLUMNS, labels_to_long, long_to_wide, target_grid
 from radiospine.submission import (
     PREDICTION_KEY_COLUMNS,
+    ROW_SUM_TOLERANCE,
     SubmissionError,
     normalise_probabilities,
     probability_problems,
 )
 
-#: Probabilities of the true class are clipped to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``.
-CLIP_EPSILON = 1e-15
+#: sklearn's ``log_loss`` clips float64 probabilities to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``: the machine
+#: epsilon of float64 (its ``eps="auto"``, the default from scikit-learn 1.2; 1e-15 before).
+CLIP_EPSILON = float(np.finfo(np.float64).eps)
 #: The four parts, in the order they are reported.
 PART_NAMES: tuple[str, ...] = ("spinal", "foraminal", "subarticular", "any_severe_spinal")
 _PART_OF_BASE_CONDITION: dict[str, str] = {
@@ -66,15 +77,41 @@ class MetricResult:
 
 
 def weighted_log_loss(true_class_probability: np.ndarray, weights: np.ndarray) -> float:
-    """``sum(w * -log p) / sum(w)`` with ``p`` clipped to ``[1e-15, 1 - 1e-15]``.
+    """``sum(w * -log p) / sum(w)`` with ``p`` clipped to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``: a part of the
+    metric for rows that sum to 1 (the models' probabilities), to within the renormalisation of clipped rows.
 
     Args:
-        true_class_probability: ``(n_rows,)`` the (renormalised) probability given to each row's true class.
+        true_class_probability: ``(n_rows,)`` the probability given to each row's true class.
         weights: ``(n_rows,)`` positive row weights.
     """
     p = np.clip(np.asarray(true_class_probability, dtype=np.float64), CLIP_EPSILON, 1.0 - CLIP_EPSILON)
     w = np.asarray(weights, dtype=np.float64)
     return float(np.sum(w * -np.log(p)) / np.sum(w))
+
+
+def sklearn_log_loss(probabilities: np.ndarray, true_class: np.ndarray, weights: np.ndarray) -> float:
+    """``sklearn.metrics.log_loss(one_hot(true_class), probabilities, sample_weight=weights)`` as scikit-learn
+    1.2.2 computes it: every value clipped to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``, each row divided by its
+    clipped sum, then ``sum(w * -ln p_true) / sum(w)``.
+
+    Args:
+        probabilities: ``(n_rows, n_classes)`` finite, non-negative values (rows need not sum to 1).
+        true_class: ``(n_rows,)`` each row's class index.
+        weights: ``(n_rows,)`` positive row weights.
+    """
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), CLIP_EPSILON, 1.0 - CLIP_EPSILON)
+    rows = np.arange(len(clipped))
+    true_probability = clipped[rows, np.asarray(true_class, dtype=np.int64)] / clipped.sum(axis=1)
+    w = np.asarray(weights, dtype=np.float64)
+    return float(np.sum(w * -np.log(true_probability)) / np.sum(w))
+
+
+def sklearn_binary_log_loss(positive_probability: np.ndarray, label: np.ndarray, weights: np.ndarray) -> float:
+    """``sklearn.metrics.log_loss(label, positive_probability, sample_weight=weights)`` for a 1-D prediction, as
+    scikit-learn 1.2.2 computes it: ``p`` clipped to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``, the rows ``(1 - p, p)``,
+    then :func:`sklearn_log_loss`."""
+    p = np.clip(np.asarray(positive_probability, dtype=np.float64), CLIP_EPSILON, 1.0 - CLIP_EPSILON)
+    return sklearn_log_loss(np.column_stack([1.0 - p, p]), np.asarray(label, dtype=np.int64), weights)
 
 
 def as_long_labels(labels: pd.DataFrame) -> pd.DataFrame:
@@ -87,25 +124,42 @@ def as_long_labels(labels: pd.DataFrame) -> pd.DataFrame:
                      "25 target columns of train.csv)")
 
 
-def _prediction_rows(predictions: pd.DataFrame, row_ids: list[str]) -> np.ndarray:
-    """The renormalised ``(len(row_ids), 3)`` probabilities of ``row_ids``, checking the whole frame."""
+def _row_names(predictions: pd.DataFrame) -> np.ndarray:
+    """Each prediction row's ``row_id`` (given, or made from ``study_id, condition, level``)."""
     if "row_id" in predictions.columns:
-        available = predictions["row_id"].astype(str).to_numpy(dtype=object)
-    elif set(PREDICTION_KEY_COLUMNS) <= set(predictions.columns):
-        available = np.array([vocab.make_row_id(s, c, lv) for s, c, lv in zip(
+        return predictions["row_id"].astype(str).to_numpy(dtype=object)
+    if set(PREDICTION_KEY_COLUMNS) <= set(predictions.columns):
+        return np.array([vocab.make_row_id(s, c, lv) for s, c, lv in zip(
             predictions["study_id"], predictions["condition"], predictions["level"])], dtype=object)
-    else:
-        raise SubmissionError(["has neither a row_id column nor study_id, condition, level"], "predictions")
+    raise SubmissionError(["has neither a row_id column nor study_id, condition, level"], "predictions")
+
+
+def _probability_values(predictions: pd.DataFrame) -> np.ndarray:
     missing_columns = [name for name in vocab.SEVERITIES if name not in predictions.columns]
     if missing_columns:
         raise SubmissionError([f"lacks column(s) {missing_columns}"], "predictions")
-    values = predictions[list(vocab.SEVERITIES)].to_numpy(dtype=np.float64)
+    return predictions[list(vocab.SEVERITIES)].to_numpy(dtype=np.float64)
+
+
+def unnormalised_rows(predictions: pd.DataFrame) -> list[str]:
+    """The row ids of ``predictions`` (a submission or long predictions) whose values do not sum to 1 within
+    :data:`radiospine.submission.ROW_SUM_TOLERANCE`, in file order (rows with NaN or infinite values included)."""
+    sums = _probability_values(predictions).sum(axis=1)
+    off = ~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE)
+    return list(_row_names(predictions)[off])
+
+
+def _prediction_rows(predictions: pd.DataFrame, row_ids: list[str], renormalise: bool) -> np.ndarray:
+    """The ``(len(row_ids), 3)`` values of ``row_ids`` as submitted (``renormalise``: divided by their row sums),
+    checking the whole frame."""
+    available = _row_names(predictions)
+    values = _probability_values(predictions)
     problems = []
     counts = pd.Series(available).value_counts()
     repeated = counts[counts > 1]
     if len(repeated):
         problems.append(f"{len(repeated)} row id(s) appear more than once: {summarize_items(repeated.index)}")
-    problems += probability_problems(values, available)
+    problems += probability_problems(values, available, row_sums="positive" if renormalise else "any")
     if problems:
         raise SubmissionError(problems, "predictions")
     positions = pd.Index(available).get_indexer(row_ids)
@@ -113,31 +167,34 @@ def _prediction_rows(predictions: pd.DataFrame, row_ids: list[str]) -> np.ndarra
     if absent.any():
         described = summarize_items(np.asarray(row_ids, dtype=object)[absent])
         raise SubmissionError([f"{absent.sum()} labelled row(s) have no prediction: {described}"], "predictions")
-    return normalise_probabilities(values[positions])
+    chosen = values[positions]
+    return normalise_probabilities(chosen) if renormalise else chosen
 
 
-def score(labels: pd.DataFrame, predictions: pd.DataFrame) -> MetricResult:
-    """The competition metric of ``predictions`` against ``labels``.
+def score(labels: pd.DataFrame, predictions: pd.DataFrame, *, renormalise: bool = False) -> MetricResult:
+    """The competition metric of ``predictions`` against ``labels`` (see the module docstring).
 
     Args:
         labels: long or wide labels (see :mod:`radiospine.labels`); missing labels are not scored.
         predictions: ``row_id, normal_mild, moderate, severe`` (a submission) or long predictions
-            (``study_id, condition, level`` instead of ``row_id``); rows need not sum to 1. Rows for
-            studies or targets without a label are ignored.
+            (``study_id, condition, level`` instead of ``row_id``). Rows need not sum to 1: they are scored
+            as the competition scores them. Rows for studies or targets without a label are ignored.
+        renormalise: divide every row by its sum before scoring (the tolerant variant; not the leaderboard's
+            number for rows that do not sum to 1).
 
     Raises:
-        SubmissionError: a labelled row without a prediction, a row id twice, or probabilities NaN,
-            infinite, negative or summing to zero; the message names the rows (first few and count).
+        SubmissionError: a labelled row without a prediction, a row id twice, or values NaN, infinite or
+            negative (with ``renormalise``, also rows summing to zero); the message names the rows (first few
+            and count).
         ValueError: labels that are malformed or hold no labelled row of one of the parts.
     """
     long = as_long_labels(labels)
     scored = long[long["severity"].notna()].reset_index(drop=True)
     row_ids = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(scored["study_id"], scored["condition"],
                                                                 scored["level"])]
-    probabilities = _prediction_rows(predictions, row_ids)
+    values = _prediction_rows(predictions, row_ids, renormalise)
     true_class = scored["severity"].to_numpy(dtype=np.int64)
     weights = _ROW_WEIGHTS[true_class]
-    true_probability = probabilities[np.arange(len(scored)), true_class]
     base_condition = scored["condition"].map(lambda condition: vocab.split_condition(condition).base).to_numpy()
 
     parts: dict[str, float] = {}
@@ -145,18 +202,18 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame) -> MetricResult:
         rows = base_condition == base
         if not rows.any():
             raise ValueError(f"the labels hold no labelled {name} row; the metric needs all four parts")
-        parts[name] = weighted_log_loss(true_probability[rows], weights[rows])
+        parts[name] = sklearn_log_loss(values[rows], true_class[rows], weights[rows])
 
     spinal = base_condition == vocab.SPINAL
     per_study = pd.DataFrame({
         "study_id": scored["study_id"].to_numpy()[spinal],
         "any_severe": true_class[spinal] == _SEVERE,
-        "severe_probability": probabilities[spinal, _SEVERE],
+        "severe": values[spinal, _SEVERE],
         "weight": weights[spinal],
     }).groupby("study_id", sort=False).max()
-    any_severe_probability = np.where(per_study["any_severe"], per_study["severe_probability"],
-                                      1.0 - per_study["severe_probability"])
-    parts["any_severe_spinal"] = weighted_log_loss(any_severe_probability, per_study["weight"].to_numpy())
+    parts["any_severe_spinal"] = sklearn_binary_log_loss(per_study["severe"].to_numpy(),
+                                                         per_study["any_severe"].to_numpy(),
+                                                         per_study["weight"].to_numpy())
     return MetricResult(**parts, score=float(np.mean([parts[name] for name in PART_NAMES])))
 
 

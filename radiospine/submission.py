@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -45,11 +46,11 @@ class SubmissionError(ValueError):
 
 
 def probability_problems(values: np.ndarray, row_names: Sequence[str], *,
-                         require_normalised: bool = False) -> list[str]:
+                         row_sums: Literal["positive", "one", "any"] = "positive") -> list[str]:
     """Problems of a ``(n_rows, 3)`` probability array, each naming its rows by ``row_names``.
 
-    Checks: every value finite, none negative, and each row either summing to more than 0
-    (``require_normalised=False``, rows will be renormalised) or to 1 within :data:`ROW_SUM_TOLERANCE`.
+    Checks: every value finite, none negative, and each row's sum: more than 0 (``row_sums="positive"``, rows
+    will be renormalised), 1 within :data:`ROW_SUM_TOLERANCE` (``"one"``) or anything (``"any"``).
     """
     values = np.asarray(values, dtype=np.float64)
     names = np.asarray(row_names, dtype=object)
@@ -63,12 +64,12 @@ def probability_problems(values: np.ndarray, row_names: Sequence[str], *,
         problems.append(f"{negative.sum()} row(s) hold negative probabilities: {summarize_items(names[negative])}")
     checkable = finite & ~negative
     sums = values.sum(axis=1)
-    if require_normalised:
+    if row_sums == "one":
         off = checkable & (np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if off.any():
             problems.append(f"{off.sum()} row(s) do not sum to 1 (within {ROW_SUM_TOLERANCE:g}): "
                             f"{summarize_items(names[off])}")
-    else:
+    elif row_sums == "positive":
         zero = checkable & (sums <= 0)
         if zero.any():
             problems.append(f"{zero.sum()} row(s) sum to zero: {summarize_items(names[zero])}")
@@ -277,7 +278,7 @@ def validate_submission(frame_or_path: pd.DataFrame | str | Path,
     if all(name in frame.columns for name in vocab.SEVERITIES):
         values, numeric_problems = _numeric_columns(frame, row_ids)
         problems += numeric_problems
-        problems += probability_problems(values, row_ids, require_normalised=True)
+        problems += probability_problems(values, row_ids, row_sums="one")
     if problems:
         raise SubmissionError(problems, source)
     submission = pd.DataFrame(values, columns=list(vocab.SEVERITIES))

@@ -51,6 +51,60 @@ def test_score_prints_parts_then_json_last(data, capsys):
     assert result == pytest.approx(expected, rel=1e-9)
     assert all(math.isfinite(value) and value > 0 for value in result.values())
     assert any(line.strip().startswith("any_severe_spinal:") for line in lines[:-1])
+    assert capsys.readouterr().err == ""  # every row sums to 1: no warning
+
+
+def _unnormalised(data) -> pd.DataFrame:
+    """The submission with study 101's five spinal rows (labels N, M, S, N, N) set to (.1, .1, 2): rows that
+    sum to 2.2 with a raw severe above 1."""
+    frame = data.submission.copy()
+    spinal = frame.row_id.str.startswith("101_spinal_canal_stenosis")
+    frame.loc[spinal, list(vocab.SEVERITIES)] = [0.1, 0.1, 2.0]
+    return frame
+
+
+def test_score_warns_about_rows_that_do_not_sum_to_one_and_scores_them_as_the_leaderboard(data, capsys):
+    frame = _unnormalised(data)
+    path = data.folder / "unnormalised.csv"
+    frame.to_csv(path, index=False)
+    assert main(["score", "--labels", str(data.labels_path), "--pred", str(path)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result == pytest.approx(score(data.labels, frame).as_dict(), rel=1e-9)
+    # study 101 has a Severe spinal level: its raw severe 2.0 is clipped to 1 - eps, a loss of ~0 for it
+    assert "radiospine score: warning: 5 row(s) of" in captured.err
+    assert "do not sum to 1 (within 1e-06): '101_spinal_canal_stenosis_l1_l2', " in captured.err
+    assert "'101_spinal_canal_stenosis_l5_s1' (5 in all)" in captured.err
+    assert "as the leaderboard scores them" in captured.err
+
+    assert main(["score", "--labels", str(data.labels_path), "--pred", str(path), "--renormalise"]) == 0
+    captured = capsys.readouterr()
+    tolerant = json.loads(captured.out.strip().splitlines()[-1])
+    assert tolerant == pytest.approx(score(data.labels, frame, renormalise=True).as_dict(), rel=1e-9)
+    assert tolerant["any_severe_spinal"] != pytest.approx(result["any_severe_spinal"], rel=1e-3)
+    assert "5 row(s) of" in captured.err and "not the leaderboard's score" in captured.err
+
+
+@pytest.mark.parametrize(("cell", "message"), [
+    ("", "2 row(s) hold NaN or infinite probabilities"),
+    ("nan", "2 row(s) hold NaN or infinite probabilities"),
+    ("inf", "2 row(s) hold NaN or infinite probabilities"),
+    ("-0.1", "2 row(s) hold negative probabilities"),
+])
+def test_score_refuses_nan_infinite_and_negative_values_naming_the_rows(data, capsys, cell, message):
+    lines = data.submission_path.read_text().splitlines()
+    bad_rows = ("102_left_subarticular_stenosis_l2_l3", "103_spinal_canal_stenosis_l1_l2")
+    for i, line in enumerate(lines):
+        if line.startswith(bad_rows):
+            row_id, normal_mild, _, severe = line.split(",")
+            lines[i] = ",".join([row_id, normal_mild, cell, severe])
+    data.submission_path.write_text("\n".join(lines) + "\n")
+    for extra in ([], ["--renormalise"]):
+        assert main(["score", "--labels", str(data.labels_path), "--pred", str(data.submission_path), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("radiospine score: error: predictions: " + message)
+        assert all(f"'{row_id}'" in captured.err for row_id in bad_rows)
 
 
 def test_score_with_a_missing_row_fails_naming_it(data, capsys):

@@ -8,14 +8,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import xlogy
 from sklearn.metrics import log_loss
 
 from radiospine import vocab
 from radiospine.labels import labels_to_long
 from radiospine.metrics import (
     CLIP_EPSILON,
+    PART_NAMES,
     MetricResult,
     score,
+    unnormalised_rows,
     weighted_log_loss,
     weighted_prior,
     weighted_prior_predictions,
@@ -123,22 +126,87 @@ def test_long_labels_and_long_predictions_score_like_wide_and_row_ids():
     assert score(wide, long_predictions).as_dict() == pytest.approx(expected.as_dict(), rel=1e-12)
 
 
-def test_unnormalised_rows_score_like_their_normalised_version():
-    normalised = submission_frame([1, 2], hand_probabilities)
-    tripled = normalised.copy()
-    tripled[list(vocab.SEVERITIES)] *= 3.0  # every row sums to 3
-    assert np.allclose(tripled[list(vocab.SEVERITIES)].sum(axis=1), 3.0)
+def test_a_normalised_file_scores_the_same_with_and_without_renormalising():
+    labels, submission = wide_labels(HAND_LABELS), submission_frame([1, 2], hand_probabilities)
+    renormalised = score(labels, submission, renormalise=True)
+    assert renormalised.as_dict() == pytest.approx(score(labels, submission).as_dict(), rel=1e-12)
+    assert renormalised.any_severe_spinal == pytest.approx(HAND_ANY_SEVERE, rel=1e-12)
+    assert unnormalised_rows(submission) == []
+
+
+def test_any_severe_spinal_takes_the_raw_severe_of_unnormalised_rows():
     labels = wide_labels(HAND_LABELS)
-    assert score(labels, tripled).as_dict() == pytest.approx(score(labels, normalised).as_dict(), rel=1e-12)
-    # any_severe uses the renormalised severe: (1, 1, 2) -> .5 for study 1 gives 4 * ln2 instead of 8 ln2
-    doubled_severe = normalised.copy()
-    spinal_rows = doubled_severe["row_id"].str.contains("spinal")
-    doubled_severe.loc[spinal_rows, list(vocab.SEVERITIES)] = [1.0, 1.0, 2.0]  # sums to 4 -> (.25, .25, .5)
-    result = score(labels, doubled_severe)
-    # spinal: 7 N rows -ln .25 = 2 ln2 (w1) -> 14 ln2; M w2 * 2 ln2 = 4 ln2; S w4 * ln2 = 4 ln2 -> 22 ln2 / 13
+
+    def low_sums(study_id, condition, level):  # labelled spinal rows sum to .8
+        if condition == SPINAL and (study_id, level) != (2, "l5_s1"):
+            return (0.2, 0.2, 0.4)
+        return hand_probabilities(study_id, condition, level)
+
+    submission = submission_frame([1, 2], low_sums)
+    assert len(unnormalised_rows(submission)) == 9
+    result = score(labels, submission)
+    # spinal: log_loss renormalises each row inside the part: (.25, .25, .5), as 22 ln2 / 13 below
     assert result.spinal == pytest.approx(22 * LN2 / 13, rel=1e-12)
-    # any_severe: study 1: 4 * -ln .5 = 4 ln2; study 2: -ln .5 = ln2 (w1) -> 5 ln2 / 5 = ln2
-    assert result.any_severe_spinal == pytest.approx(LN2, rel=1e-12)
+    # any_severe: the RAW max severe .4: study 1 (label 1, w4) -ln .4; study 2 (label 0, w1) -ln .6
+    #   (4 ln 2.5 + ln(5/3)) / 5 = 0.835202...
+    assert result.any_severe_spinal == pytest.approx((4 * math.log(2.5) + math.log(5 / 3)) / 5, rel=1e-12)
+    assert result.foraminal == pytest.approx(HAND_FORAMINAL, rel=1e-12)
+    assert result.subarticular == pytest.approx(HAND_SUBARTICULAR, rel=1e-12)
+    # --renormalise: severe .5 -> study 1: 4 * ln2, study 2: -ln .5 = ln2 -> 5 ln2 / 5 = ln2 (the old rule)
+    tolerant = score(labels, submission, renormalise=True)
+    assert tolerant.any_severe_spinal == pytest.approx(LN2, rel=1e-12)
+    assert tolerant.spinal == pytest.approx(result.spinal, rel=1e-12)
+
+
+def test_values_above_one_are_clipped_before_the_row_is_renormalised():
+    labels = wide_labels(HAND_LABELS)
+    tripled = submission_frame([1, 2], hand_probabilities)
+    tripled[list(vocab.SEVERITIES)] *= 3.0  # (1.5, .75, .75) and (.75, .75, 1.5)
+    result = score(labels, tripled)
+    # (1.5, .75, .75) -> clipped (1 - eps, .75, .75) -> /2.5: (.4, .3, .3), not (.5, .25, .25)
+    # spinal: 7 Normal (w1) -ln .4 + Moderate (w2) and Severe (w4) -ln .3: (7 ln 2.5 + 6 ln(10/3)) / 13
+    assert result.spinal == pytest.approx((7 * math.log(2.5) + 6 * math.log(10 / 3)) / 13, rel=1e-12)
+    # foraminal: 17 Normal, 1 Moderate, 1 Severe: (17 ln 2.5 + 6 ln(10/3)) / 23
+    assert result.foraminal == pytest.approx((17 * math.log(2.5) + 6 * math.log(10 / 3)) / 23, rel=1e-12)
+    # subarticular (.75, .75, 1.5) -> (.3, .3, .4): 15 Normal (w1) + 3 Moderate (w2) -ln .3, 1 Severe (w4) -ln .4
+    assert result.subarticular == pytest.approx((21 * math.log(10 / 3) + 4 * math.log(2.5)) / 25, rel=1e-12)
+    # any_severe: raw max severe .75: study 1 (label 1, w4) -ln .75, study 2 (label 0, w1) -ln .25
+    assert result.any_severe_spinal == pytest.approx((4 * math.log(4 / 3) + 2 * LN2) / 5, rel=1e-12)
+    # --renormalise: (1.5, .75, .75) / 3 -> the normalised file's scores
+    tolerant = score(labels, tripled, renormalise=True)
+    hand = (HAND_SPINAL, HAND_FORAMINAL, HAND_SUBARTICULAR, HAND_ANY_SEVERE)
+    assert [getattr(tolerant, name) for name in PART_NAMES] == pytest.approx(hand, rel=1e-12)
+
+
+def test_a_severe_above_one_is_clipped_in_any_severe_spinal():
+    labels = wide_labels(HAND_LABELS)
+
+    def severe_two(study_id, condition, level):  # the issue's case: a raw severe above 1
+        if condition == SPINAL and level == "l1_l2":
+            return (0.1, 0.1, 2.0)
+        return hand_probabilities(study_id, condition, level)
+
+    result = score(labels, submission_frame([1, 2], severe_two))
+    # max severe 2.0 -> clipped to 1 - eps: study 1 (label 1, w4) -ln(1 - eps) ~ 0; study 2 (label 0, w1)
+    #   -ln(eps) = 36.043653: (0 + 36.043653) / 5 = 7.208731
+    assert result.any_severe_spinal == pytest.approx(-math.log(CLIP_EPSILON) / 5, rel=1e-12)
+    # --renormalise: (.0455, .0455, .909): study 1 -ln .909 (w4), study 2 -ln(1 - .909) = ln 11 (w1)
+    tolerant = score(labels, submission_frame([1, 2], severe_two), renormalise=True)
+    assert tolerant.any_severe_spinal == pytest.approx((4 * math.log(2.2 / 2.0) + math.log(11)) / 5, rel=1e-12)
+
+
+def test_a_row_of_zeros_is_scored_as_a_third_each_and_refused_when_renormalising():
+    labels = wide_labels(HAND_LABELS)
+    submission = submission_frame([1, 2], hand_probabilities)
+    zero_row = "1_spinal_canal_stenosis_l1_l2"  # Normal/Mild, weight 1
+    submission.loc[submission.row_id == zero_row, list(vocab.SEVERITIES)] = 0.0
+    assert unnormalised_rows(submission) == [zero_row]
+    result = score(labels, submission)
+    # (0, 0, 0) -> clipped (eps, eps, eps) -> (1/3, 1/3, 1/3): that row's ln2 becomes ln3
+    assert result.spinal == pytest.approx((18 * LN2 + math.log(3)) / 13, rel=1e-12)
+    assert result.any_severe_spinal == pytest.approx(HAND_ANY_SEVERE, rel=1e-12)  # max severe still .25
+    with pytest.raises(SubmissionError, match=rf"1 row\(s\) sum to zero: '{zero_row}'"):
+        score(labels, submission, renormalise=True)
 
 
 def test_fold_without_a_severe_spinal_case():
@@ -168,18 +236,18 @@ def test_perfect_prediction_scores_about_zero_and_clipping_bounds_a_sure_miss():
         return (1 / 3,) * 3 if pd.isna(severity) else tuple(float(k == severity) for k in range(3))
 
     perfect = score(labels, submission_frame([1, 2], one_hot))
-    # every p_true is 1, clipped to 1 - 1e-15: -ln(1 - 1e-15) ~ 1e-15 per part
+    # every row (1, 0, 0) is clipped to (1 - eps, eps, eps) and renormalised: -ln((1 - eps) / (1 + eps)) ~ 2 eps
     for value in perfect.as_dict().values():
         assert 0.0 < value < 1e-14
 
-    def sure_miss(study_id, condition, level):  # study 2's spinal l1_l2 (Normal) gets p = 0 -> clipped 1e-15
+    def sure_miss(study_id, condition, level):  # study 2's spinal l1_l2 (Normal) gets p = 0 -> clipped to eps
         if (study_id, condition, level) == (2, SPINAL, "l1_l2"):
             return (0.0, 1.0, 0.0)
         return one_hot(study_id, condition, level)
 
-    # spinal: weight 1 * -ln(1e-15) = 34.538776 over the 13 spinal weight units (others ~0)
+    # spinal: weight 1 * -ln(eps / (1 + eps)) = 36.043653 over the 13 spinal weight units (others ~0)
     missed = score(labels, submission_frame([1, 2], sure_miss))
-    assert missed.spinal == pytest.approx(-math.log(CLIP_EPSILON) / 13, rel=1e-9)  # 2.656829...
+    assert missed.spinal == pytest.approx(-math.log(2.220446049250313e-16) / 13, rel=1e-9)  # 2.772589...
     assert missed.foraminal < 1e-14
 
 
@@ -199,22 +267,28 @@ def test_uniform_prediction_on_a_balanced_toy_set():
     assert result.score == pytest.approx((3 * math.log(3) + any_severe) / 4, rel=1e-12)  # 1.024346...
 
 
-def test_parts_match_sklearn_log_loss_on_random_data():
-    rng = np.random.default_rng(7)
+def random_case(seed: int, scale: tuple[float, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wide labels of 40 studies (8% missing) and a submission whose rows are Dirichlet draws times a factor
+    drawn from ``scale`` ((1, 1): rows that sum to 1)."""
+    rng = np.random.default_rng(seed)
     study_ids = rng.choice(10**8, size=40, replace=False) + 1
     cells = rng.choice(np.array([N, M, S, None], dtype=object), size=(40, 25), p=[0.6, 0.2, 0.12, 0.08])
     labels = pd.DataFrame(cells, columns=list(vocab.TARGET_COLUMNS))
     labels.insert(0, "study_id", study_ids)
-    raw = rng.dirichlet([1.0, 1.0, 1.0], size=40 * 25) * rng.uniform(0.5, 3.0, size=(40 * 25, 1))
+    raw = rng.dirichlet([1.0, 1.0, 1.0], size=40 * 25) * rng.uniform(*scale, size=(40 * 25, 1))
     submission = pd.DataFrame(raw, columns=list(vocab.SEVERITIES))
     submission.insert(0, "row_id", [rid for s in study_ids for rid in vocab.study_row_ids(s)])
+    return labels, submission
+
+
+def test_parts_match_sklearn_log_loss_on_random_normalised_rows():
+    labels, submission = random_case(7, (1.0, 1.0))
     result = score(labels, submission)
 
     long = labels_to_long(labels)
     long["row_id"] = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(long.study_id, long.condition, long.level)]
     scored = long[long.severity.notna()].merge(submission, on="row_id")
     probabilities = scored[list(vocab.SEVERITIES)].to_numpy()
-    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     y = scored.severity.to_numpy(dtype=int)
     weights = np.array([1.0, 2.0, 4.0])[y]
     for part, word in (("spinal", "spinal"), ("foraminal", "foraminal"), ("subarticular", "subarticular")):
@@ -228,10 +302,60 @@ def test_parts_match_sklearn_log_loss_on_random_data():
     assert result.any_severe_spinal == pytest.approx(expected_any, rel=1e-10)
 
 
+def log_loss_1_2(y_true, y_pred, sample_weight) -> float:
+    """scikit-learn 1.2.2's ``log_loss`` (the competition's), step by step; later versions stopped renormalising
+    and refuse values above 1, so the installed sklearn cannot check unnormalised rows: clip to [eps, 1 - eps],
+    a 1-D prediction and label become two columns, each row is divided by its sum, weighted mean of
+    ``-sum(y * ln p)``."""
+    eps = np.finfo(np.float64).eps
+    y_pred = np.clip(np.asarray(y_pred, dtype=np.float64), eps, 1 - eps)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    if y_pred.ndim == 1:
+        y_pred, y_true = np.column_stack([1 - y_pred, y_pred]), np.column_stack([1 - y_true, y_true])
+    y_pred = y_pred / y_pred.sum(axis=1, keepdims=True)
+    return float(np.average(-xlogy(y_true, y_pred).sum(axis=1), weights=sample_weight))
+
+
+def leaderboard_score(labels: pd.DataFrame, submission: pd.DataFrame) -> float:
+    """The competition's scoring steps: a solution of the scored rows (one-hot columns, weight 2 ** severity),
+    the submission aligned to it by row_id, a log loss per condition, and the any-severe part from per-study
+    maxima of the solution's ``severe``, its weights and the submission's raw ``severe``."""
+    long = labels_to_long(labels)
+    long = long[long.severity.notna()]
+    severity = long.severity.to_numpy(dtype=int)
+    solution = pd.DataFrame(np.eye(3)[severity], columns=list(vocab.SEVERITIES))
+    solution["sample_weight"] = 2.0 ** severity
+    solution["row_id"] = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(long.study_id, long.condition, long.level)]
+    predicted = submission.set_index("row_id").loc[solution.row_id, list(vocab.SEVERITIES)].reset_index(drop=True)
+    study = solution.row_id.str.split("_").str[0]
+    condition = solution.row_id.map(lambda row_id: next(c for c in ("spinal", "foraminal", "subarticular")
+                                                        if c in row_id))
+    losses = []
+    for name in ("spinal", "foraminal", "subarticular"):
+        rows = condition == name
+        losses.append(log_loss_1_2(solution.loc[rows, list(vocab.SEVERITIES)].to_numpy(),
+                                   predicted.loc[rows].to_numpy(), solution.loc[rows, "sample_weight"].to_numpy()))
+    spinal = condition == "spinal"
+    labels_any = solution[spinal].groupby(study[spinal])["severe"].max()
+    weights_any = solution[spinal].groupby(study[spinal])["sample_weight"].max()
+    predictions_any = predicted[spinal].groupby(study[spinal])["severe"].max()
+    losses.append(log_loss_1_2(labels_any.to_numpy(), predictions_any.to_numpy(), weights_any.to_numpy()))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize(("seed", "scale"), [(7, (1.0, 1.0)), (11, (0.5, 3.0)), (13, (0.01, 1.2))])
+def test_score_matches_the_competition_code_on_random_unnormalised_rows(seed, scale):
+    labels, submission = random_case(seed, scale)
+    submission.loc[[4, 60], list(vocab.SEVERITIES)] = 0.0  # rows of zeros are scored too
+    assert score(labels, submission).score == pytest.approx(leaderboard_score(labels, submission), rel=1e-12)
+
+
 def test_weighted_log_loss_is_the_weighted_mean_of_negative_logs():
     # (1 * -ln .5 + 3 * -ln .25) / 4 = (ln2 + 6 ln2) / 4 = 7 ln2 / 4
     assert weighted_log_loss(np.array([0.5, 0.25]), np.array([1.0, 3.0])) == pytest.approx(7 * LN2 / 4)
-    assert weighted_log_loss(np.array([0.0]), np.array([1.0])) == pytest.approx(-math.log(1e-15))
+    assert weighted_log_loss(np.array([0.0]), np.array([1.0])) == pytest.approx(-math.log(CLIP_EPSILON))
+    # sklearn's eps="auto" for float64 (scikit-learn 1.2 and later; 1e-15 before)
+    assert CLIP_EPSILON == np.finfo(np.float64).eps == 2.220446049250313e-16
 
 
 # --- invalid predictions ------------------------------------------------------------------------------
@@ -267,12 +391,9 @@ def test_bad_values_raise_naming_the_rows(value, message):
     assert submission.row_id[3] in text and submission.row_id[30] in text
 
 
-def test_zero_sum_and_duplicate_rows_raise():
+def test_duplicate_rows_raise():
     submission = submission_frame([1, 2], hand_probabilities)
-    submission.loc[5, list(vocab.SEVERITIES)] = 0.0
-    with pytest.raises(SubmissionError, match=rf"1 row\(s\) sum to zero: '{submission.row_id[5]}'"):
-        score(wide_labels(HAND_LABELS), submission)
-    doubled = pd.concat([submission_frame([1, 2], hand_probabilities), submission.iloc[[7]]])
+    doubled = pd.concat([submission, submission.iloc[[7]]])
     with pytest.raises(SubmissionError, match=rf"more than once: '{submission.row_id[7]}'"):
         score(wide_labels(HAND_LABELS), doubled)
 

@@ -39,7 +39,8 @@ test: $(STAMP) chromium lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Headless Chromium for the report's browser check: Debian's package, installed when missing (as root, or with sudo).
+# Headless Chromium for the report's browser check (tests/browser_check.py drives it with Playwright): Debian's
+# package, installed when missing (as root, or with sudo); Playwright's own browser download is not used.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium)

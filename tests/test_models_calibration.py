@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from models_synthetic import make_feature_table
 from scipy.special import softmax
 from sklearn.isotonic import IsotonicRegression
 
@@ -20,7 +21,6 @@ from radiospine.models.calibration import (
     make_calibrator,
     shift_severe_log_odds,
 )
-from radiospine.models.synthetic import make_feature_table
 
 WEIGHTS = np.asarray(vocab.SEVERITY_WEIGHTS)
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from models_synthetic import FAILURE_REASON, make_feature_table
 
 from radiospine import metrics, vocab
 from radiospine.config import ModelsConfig, config_hash, load_config
@@ -19,7 +20,6 @@ from radiospine.models.condition_models import (
     prepare_features,
     train_condition_models,
 )
-from radiospine.models.synthetic import FAILURE_REASON, make_feature_table
 
 PROBABILITIES = list(vocab.SEVERITIES)
 

@@ -7,11 +7,11 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pytest
+from models_synthetic import make_feature_table
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from radiospine import metrics, vocab
 from radiospine.models import cv
-from radiospine.models.synthetic import make_feature_table
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from models_synthetic import make_feature_table
 from sklearn.metrics import log_loss
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -16,7 +17,6 @@ from radiospine.models.ordinal import (
     OrdinalGBMClassifier,
     cumulative_to_proba,
 )
-from radiospine.models.synthetic import make_feature_table
 
 SMALL = dict(n_estimators=15, learning_rate=0.3, min_child_samples=2)
 CLASSES = (OrdinalGBMClassifier, MulticlassGBMClassifier)

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser_check import Chromium, check_report, find_chromium
 from matplotlib.image import imread
+from report_synthetic import synthetic_report_inputs
 
 from radiospine import metrics, vocab
 from radiospine.features.base import ALL_VIEWS
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier
 from radiospine.report import plots, summaries
-from radiospine.report.browser_check import Chromium, check_report, find_chromium
 from radiospine.report.feature_names import VIEW_SERIES, parse_feature_name
 from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbnail
 from radiospine.report.render import PAGE_SECTIONS, render_report
-from radiospine.report.synthetic import synthetic_report_inputs
 from radiospine.roi.types import Roi, RoiCrop
 
 HOSTILE = "<script>alert(1)</script>$x^2$"
@@ -362,8 +362,8 @@ def test_the_browser_check_catches_errors_scripts_and_external_requests(tmp_path
     page = tmp_path / "bad.html"
     page.write_text("<!DOCTYPE html><html><head><title>bad</title></head><body>"
                     "<section id='dataset'><h2>Data</h2></section><section id='cv' hidden><h2>CV</h2></section>"
-                    "<img src='http://127.0.0.1:9/x.png'><script>console.error('boom'); alert(1); missing();</script>"
-                    "</body></html>")
+                    "<img src='http://127.0.0.1:9/x.png'><img src='absent.png'>"
+                    "<script>console.error('boom'); alert(1); missing();</script></body></html>")
     with Chromium(timeout=60) as browser:
         result = browser.open(page.as_uri(), ["dataset", "cv"])
     problems = "\n".join(result.problems)
@@ -373,3 +373,6 @@ def test_the_browser_check_catches_errors_scripts_and_external_requests(tmp_path
     assert "ReferenceError" in problems
     assert "request leaves the report folder: http://127.0.0.1:9/x.png" in problems
     assert "1 <script> element(s)" in problems
+    assert result.external_requests == ("http://127.0.0.1:9/x.png",)
+    assert result.broken_images == ("http://127.0.0.1:9/x.png", "absent.png")
+    assert f"failed load: {(tmp_path / 'absent.png').as_uri()}" in problems

@@ -7,6 +7,7 @@ per-condition training driver.
 * :mod:`radiospine.models.ensemble`: convex blend weights chosen out of fold.
 * :mod:`radiospine.models.cv`: study-grouped stratified folds, out-of-fold predictions, metric per fold.
 * :mod:`radiospine.models.condition_models`: ``train_condition_models`` -> ``TrainedModels`` (predict, save, load).
-* :mod:`radiospine.models.synthetic` / :mod:`radiospine.models.benchmark`: synthetic tables and the
-  ordinal-vs-multiclass measurement.
+
+Synthetic feature tables live with the tests (``tests/models_synthetic.py``), the ordinal-vs-multiclass
+measurement with the benchmarks (``benchmarks/bench_formulations.py``).
 """

@@ -1,11 +1,11 @@
-"""Tests of radiospine.models.benchmark: the ordinal-vs-multiclass comparison runs and reports its figures."""
+"""Tests of benchmarks.bench_formulations: the ordinal-vs-multiclass comparison runs and reports its figures."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.bench_formulations import compare_formulations
 from radiospine.config import GbmParams, ModelsConfig
-from radiospine.models.benchmark import compare_formulations
 
 
 def test_compare_formulations_reports_metric_and_time():

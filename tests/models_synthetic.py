@@ -1,4 +1,4 @@
-"""Synthetic feature tables with ordinal labels, for model tests and benchmarks (no images involved).
+"""Synthetic feature tables with ordinal labels, for model tests and benchmarks/bench_formulations.py (no images).
 
 The tables look like the feature stage's output: one row per (study, condition, level), feature columns
 namespaced ``<extractor>__<name>`` and one ``<extractor>__status`` column per extractor. Severity is an

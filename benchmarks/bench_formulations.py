@@ -15,7 +15,7 @@ import pandas as pd
 from radiospine import metrics, vocab
 from radiospine.config import ModelMember, ModelsConfig
 from radiospine.models.condition_models import train_condition_models
-from radiospine.models.synthetic import make_feature_table
+from tests.models_synthetic import make_feature_table
 
 
 def compare_formulations(

@@ -1,14 +1,14 @@
-"""Synthetic :class:`~radiospine.report.inputs.ReportInputs` with real models, for tests, the browser check and
-the benchmark.
+"""Synthetic :class:`~radiospine.report.inputs.ReportInputs` with real models, for the report's tests and its
+browser check.
 
-The feature table and labels come from :func:`radiospine.models.synthetic.make_feature_table`, with its columns
-renamed to the feature stage's real names (radiomics classes and filters in three views, CNN embeddings). Per
-base condition one LightGBM :class:`~radiospine.models.ordinal.OrdinalGBMClassifier` is fitted on the group's
-rows plus the level (and side) feature; out-of-fold predictions come from study-grouped folds
-(:func:`radiospine.models.cv.assign_study_folds`), the shown predictions from the model fitted on all rows, and
-the SHAP values from that model's own :meth:`~radiospine.models.ordinal.OrdinalGBMClassifier.shap_values`.
-Thumbnails are drawn on request: a bright disc (smaller when the row is more severe) on a noisy background,
-with a disc mask.
+The feature table and labels come from :func:`models_synthetic.make_feature_table`
+(``tests/models_synthetic.py``), with its columns renamed to the feature stage's real names (radiomics classes
+and filters in three views, CNN embeddings). Per base condition one LightGBM
+:class:`~radiospine.models.ordinal.OrdinalGBMClassifier` is fitted on the group's rows plus the level (and side)
+feature; out-of-fold predictions come from study-grouped folds (:func:`radiospine.models.cv.assign_study_folds`),
+the shown predictions from the model fitted on all rows, and the SHAP values from that model's own
+:meth:`~radiospine.models.ordinal.OrdinalGBMClassifier.shap_values`. Thumbnails are drawn on request: a bright
+disc (smaller when the row is more severe) on a noisy background, with a disc mask.
 
 ``hostile`` puts a given string (``<script>alert(1)</script>``) into a series description, a feature name, the
 model card and the data set facts, to show that the report escapes them.
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from models_synthetic import make_feature_table
 
 from radiospine import vocab
 from radiospine.artifacts import library_versions
 from radiospine.models import cv
 from radiospine.models.condition_models import LEVEL_FEATURE, SIDE_FEATURE
 from radiospine.models.ordinal import OrdinalGBMClassifier
-from radiospine.models.synthetic import make_feature_table
 from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbnail
 
 _VIEWS_OF_BASE = {vocab.SPINAL: ("sagittal_t2", "axial_t2", "sagittal_t1"), vocab.FORAMINAL: ("sagittal_t1",),
@@ -157,7 +157,7 @@ def synthetic_report_inputs(
              if not pd.isna(s)}
     model_card = {"format": "synthetic", "members": ["lightgbm ordinal"], "n_estimators": n_estimators,
                   "notes": hostile or "synthetic models on a synthetic feature table"}
-    facts: dict[str, object] = {"data": "synthetic (radiospine.report.synthetic)"}
+    facts: dict[str, object] = {"data": "synthetic (tests/report_synthetic.py)"}
     if hostile is not None:
         facts[hostile] = hostile
     return ReportInputs(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.monitor import TreeMonitor
+from radiospine.hashing import json_hash
 
 REPO = Path(__file__).resolve().parents[1]
 #: Studies in the real RSNA 2024 training set (rsna_facts.json).
@@ -151,9 +151,8 @@ def extrapolate(seconds: float, studies: int, scaling: str, cores: int, *, jobs:
 
 
 def _config_key(args: argparse.Namespace, data_manifest: dict) -> str:
-    text = json.dumps({"config": Path(args.config).read_text(), "jobs": args.jobs,
-                       "feature_studies": args.feature_studies, "data": data_manifest}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_hash({"config": Path(args.config).read_text(), "jobs": args.jobs,
+                      "feature_studies": args.feature_studies, "data": data_manifest})
 
 
 def ensure_data(args: argparse.Namespace, rs: list[str]) -> dict[str, Any] | None:

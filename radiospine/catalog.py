@@ -16,7 +16,6 @@ orientation: axial vs sagittal, and for sagittal series the repetition/echo time
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pandas as pd
 from radiospine import vocab
 from radiospine.csvio import read_csv_cells
 from radiospine.geometry import slice_step_vector, unit
+from radiospine.hashing import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,11 @@ class Catalog:
 
     def content_hash(self) -> str:
         """A hash of the catalog's ids, descriptions and file names: it changes when the data does."""
-        digest = hashlib.sha256()
-        digest.update(pd.util.hash_pandas_object(
-            self.series[["study_id", "series_id", "series_description", "n_instances"]], index=False).values)
-        digest.update(pd.util.hash_pandas_object(
-            self.instances[["study_id", "series_id", "instance_number"]], index=False).values)
-        return digest.hexdigest()[:16]
+        return short_hash(
+            pd.util.hash_pandas_object(
+                self.series[["study_id", "series_id", "series_description", "n_instances"]], index=False).values,
+            pd.util.hash_pandas_object(
+                self.instances[["study_id", "series_id", "instance_number"]], index=False).values)
 
 
 def scan(data_dir: str | Path, split: str, *, study_ids: list[int] | None = None) -> Catalog:

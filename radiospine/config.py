@@ -7,8 +7,6 @@ knows when its inputs changed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from radiospine.hashing import json_hash
 from radiospine.roi.types import RoiView
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
@@ -308,8 +307,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_hash(config: BaseModel) -> str:
     """A short, stable content hash of a config (or one section of it)."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_hash(config.model_dump(mode="json"))
 
 
 def add_config_arguments(parser: Any) -> None:

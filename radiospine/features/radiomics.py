@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import math
 import time
@@ -53,6 +52,7 @@ import yaml
 
 from radiospine.features.base import ExtractionResult
 from radiospine.features.radiomics_batch import TextureInput, texture_features
+from radiospine.hashing import json_hash
 from radiospine.roi.types import RoiCrop
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ class RadiomicsExtractor:
         self._slice_feature_names: list[str] | None = None
 
     def fingerprint(self) -> str:
-        text = json.dumps({"params": self.params_text, "slice_mean": self.slice_mean}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_hash({"params": self.params_text, "slice_mean": self.slice_mean})
 
     def slice_feature_names(self) -> list[str]:
         """pyradiomics' names for one slice (``original_shape2D_Elongation`` ...), in its order.

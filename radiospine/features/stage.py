@@ -13,7 +13,6 @@ What goes in (and is hashed into the manifest, so that a change re-computes the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from radiospine.config import RadiospineConfig, RoiConfig, config_hash
 from radiospine.features.base import Extractor, TrainableExtractor
 from radiospine.features.driver import RunSummary, StudyCrops, compute_features, features_dir
 from radiospine.features.store import FeatureStore
+from radiospine.hashing import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,8 @@ class RoiCutter:
 
 def frame_hash(frame: pd.DataFrame) -> str:
     """A content hash of a frame's values and column names."""
-    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return short_hash(",".join(map(str, frame.columns)),
+                      pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
 
 
 def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path, work_dir: str | Path

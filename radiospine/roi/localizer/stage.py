@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ from sklearn.model_selection import KFold
 from radiospine.artifacts import atomic_path, atomic_write_text, is_up_to_date, write_manifest
 from radiospine.catalog import scan
 from radiospine.config import LocalizerConfig, RoiConfig, config_hash
+from radiospine.hashing import short_hash
 from radiospine.labels import load_label_coordinates, write_label_coordinates
 from radiospine.roi.localizer.data import read_study_series, training_stacks_for_study
 from radiospine.roi.localizer.evaluation import evaluate_points, summarise_evaluation
@@ -63,7 +63,7 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
     coords_path = data_dir / "train_label_coordinates.csv"
     coords = load_label_coordinates(coords_path)
     inputs = {"catalog": catalog.content_hash(),
-              "coordinates": hashlib.sha256(coords_path.read_bytes()).hexdigest()[:16],
+              "coordinates": short_hash(coords_path.read_bytes()),
               "out_of_fold": config_hash(roi_config) if out_of_fold else "no"}
     if not force and is_up_to_date(folder, config=config, inputs=inputs):
         log.info("the localiser in %s is up to date (same config and inputs); --force trains it again", folder)

@@ -1,7 +1,8 @@
 """`radiospine train-localizer --data DIR --work WORK`: train the level localiser on the training coordinates.
 
-Writes ``WORK/localizer/`` (weights, ``localizer.json`` with the architecture, config and training log) and, when
-``roi.train_centres`` is ``oof`` (or with ``--oof``), the out-of-fold coordinates of the training studies.
+Writes ``WORK/localizer/`` (checkpoints ``sagittal.pt``/``axial.pt`` with their ``.json`` sidecars holding the
+architecture, ``localizer.json`` with the config and training log) and, when ``roi.train_centres`` is ``oof`` (or
+with ``--oof``), the out-of-fold coordinates of the training studies.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 import torch
 from features_synthetic import disc_crop, labels_of, study_crops
 
+from radiospine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from radiospine.config import CnnConfig
 from radiospine.features.cnn import (
     FULL_MODEL,
@@ -21,8 +22,6 @@ from radiospine.features.cnn import (
     SpineCnn,
     base_condition_index,
     crop_inputs,
-    load_checkpoint,
-    save_checkpoint,
     train_backbone,
 )
 from radiospine.threads import thread_budget
@@ -74,9 +73,9 @@ def test_training_is_seeded_and_checkpoints_round_trip(tmp_path: Path) -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
     architecture = CnnArchitecture.from_config(TINY)
-    save_checkpoint(tmp_path / "model.pt", first, architecture, {"note": "test"})
-    _, loaded_architecture, meta = load_checkpoint(tmp_path / "model.pt")
-    assert loaded_architecture == architecture and meta["note"] == "test"
+    save_checkpoint(tmp_path / "model.pt", first, architecture.to_json(), {"note": "test"})
+    _, meta = load_checkpoint(tmp_path / "model.pt", fix="retrain")
+    assert CnnArchitecture.from_json(meta["architecture"]) == architecture and meta["note"] == "test"
     direct = CnnExtractor(architecture, {"m": first}, default_model="m", device="cpu")
     from_disk = CnnExtractor.from_checkpoint(tmp_path / "model.pt", device="cpu")
     a, b = direct.extract(crops[:9]), from_disk.extract(crops[:9])
@@ -84,6 +83,10 @@ def test_training_is_seeded_and_checkpoints_round_trip(tmp_path: Path) -> None:
     assert from_disk.fingerprint() == CnnExtractor.from_checkpoint(tmp_path / "model.pt").fingerprint()
     assert list(a[0].features) == [f"emb_{i:03d}" for i in range(6)]
 
+    with open(tmp_path / "model.pt", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(CheckpointError, match=r"model.pt: the weights do not match .*features.cnn.checkpoint"):
+        CnnExtractor.from_checkpoint(tmp_path / "model.pt")
     (tmp_path / "model.json").unlink()
     with pytest.raises(ValueError, match=r"model.json"):
         CnnExtractor.from_checkpoint(tmp_path / "model.pt")

@@ -77,7 +77,9 @@ def test_localiser_trains_localises_and_its_points_feed_the_roi_stage(data_dir: 
     assert main(["train-localizer", "--data", str(data_dir), "--work", str(work), "--oof", *set_options(TINY)]) == 0
     folder = work / "localizer"
     description = json.loads((folder / "localizer.json").read_text())
-    assert description["sagittal"]["spec"]["out_channels"] == 10 and description["axial"]["spec"]["out_channels"] == 2
+    sidecars = {kind: json.loads((folder / f"{kind}.json").read_text()) for kind in ("sagittal", "axial")}
+    assert sidecars["sagittal"]["architecture"]["out_channels"] == 10
+    assert sidecars["axial"]["architecture"]["out_channels"] == 2 and len(sidecars["axial"]["channels"]) == 2
     assert len(description["training"]["sagittal"]["losses"]) == 1
     weights_written = (folder / "sagittal.pt").stat().st_mtime_ns
     # same config and inputs: the stage is up to date and does not train again

@@ -18,9 +18,9 @@ Out-of-fold fitting (:class:`CnnTrainer`)
     them, embeds the studies without labelled crops (seen by no model) and is the model for the test split
     (``_cnn/full.pt``). ``_cnn/oof.json`` records which model embedded each study and what each model saw.
 Checkpoints
-    ``<name>.pt`` holds a state dict (``torch.save``; read with ``torch.load(weights_only=True)``) and
-    ``<name>.json`` the architecture and what the model was trained on. ``features.cnn.checkpoint`` may name such
-    a file instead of training.
+    ``<name>.pt`` and ``<name>.json`` in the format of :mod:`radiospine.checkpoint` (state dict, and a sidecar
+    with the architecture, the weights' hash and what the model was trained on). ``features.cnn.checkpoint`` may
+    name such a file instead of training.
 Determinism
     Seeds are fixed (``features.cnn.seed``; fold k uses seed + k + 1), batches are drawn by a seeded numpy
     generator, every model trains with one compute thread (the fold models train side by side in ``jobs``
@@ -30,7 +30,6 @@ Determinism
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,8 +45,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from radiospine import artifacts, vocab
+from radiospine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from radiospine.config import CnnConfig
+from radiospine.device import resolve_device
 from radiospine.features.base import ExtractionResult
+from radiospine.hashing import canonical_json, json_hash, sha256_hex, sha256_stream, short_hash
 from radiospine.roi.types import RoiCrop
 from radiospine.threads import thread_budget
 
@@ -58,6 +60,8 @@ FULL_MODEL = "full"
 #: The file recording which model embedded each study.
 OOF_RECORD = "oof.json"
 _TRAIN_ROWS = "train_rows.f16"
+#: The config key of the CNN's device (named in errors).
+DEVICE_KEY = "features.cnn.device"
 
 
 @dataclass(frozen=True)
@@ -110,15 +114,6 @@ class SpineCnn(nn.Module):
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(condition, self.architecture.n_conditions).to(x.dtype)
         return self.head(torch.cat([F.relu(self.embed(x)), one_hot], dim=1))
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``"auto"`` -> cuda when there is a GPU, else cpu; ``"cuda"`` without a GPU raises."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("features.cnn.device is 'cuda' but torch sees no GPU; set it to 'auto' or 'cpu'")
-    return torch.device(setting)
 
 
 def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tuple[np.ndarray, list[str | None]]:
@@ -218,55 +213,8 @@ def embed_inputs(model: SpineCnn, inputs: np.ndarray, *, batch_size: int, device
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
-def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], architecture: CnnArchitecture,
-                    meta: Mapping[str, Any] | None = None) -> None:
-    """``path`` (``.pt``, the state dict) and ``path.with_suffix(".json")`` (architecture + meta), atomically.
-
-    The JSON is written last: a checkpoint without its JSON is incomplete and is not loaded.
-    """
-    path = Path(path)
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(dict(state_dict), tmp)
-    artifacts.atomic_write_text(path.with_suffix(".json"), json.dumps(
-        {"architecture": architecture.to_json(), "state_sha256": _file_sha256(path), **dict(meta or {})},
-        indent=2, sort_keys=True))
-
-
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
-    """The JSON beside a checkpoint, or None when the checkpoint or its JSON is missing or does not match."""
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not (path.is_file() and meta_path.is_file()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return meta if meta.get("state_sha256") == _file_sha256(path) else None
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CnnArchitecture, dict[str, Any]]:
-    """State dict, architecture and meta of a checkpoint written by :func:`save_checkpoint`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CNN checkpoint {path} does not exist; train it with `radiospine features "
-                                f"--split train` or set features.cnn.checkpoint to an existing file")
-    meta = read_checkpoint_meta(path)
-    if meta is None:
-        raise ValueError(f"CNN checkpoint {path}: {path.with_suffix('.json').name} beside it is missing or does "
-                         f"not match the weights (half-written?); train it again")
-    architecture = CnnArchitecture.from_json(meta["architecture"])
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    SpineCnn(architecture).load_state_dict(state_dict)  # raises naming the mismatching tensors
-    return state_dict, architecture, meta
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: What to do when a CNN checkpoint is unusable (the end of :func:`radiospine.checkpoint.load_checkpoint`'s errors).
+CHECKPOINT_FIX = "train it with `radiospine features --split train` or set features.cnn.checkpoint to an existing file"
 
 
 # --- the extractor ---------------------------------------------------------------------------------------
@@ -303,7 +251,9 @@ class CnnExtractor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64, device: str = "auto") -> CnnExtractor:
-        state_dict, architecture, _ = load_checkpoint(path)
+        state_dict, sidecar = load_checkpoint(path, fix=CHECKPOINT_FIX)
+        architecture = CnnArchitecture.from_json(sidecar["architecture"])
+        SpineCnn(architecture).load_state_dict(state_dict)  # raises naming the mismatching tensors
         name = Path(path).stem
         return cls(architecture, {name: state_dict}, default_model=name, batch_size=batch_size, device=device)
 
@@ -316,14 +266,11 @@ class CnnExtractor:
         return embedding_names(self.architecture.embedding_size)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(json.dumps(
-            {"architecture": self.architecture.to_json(), "default": self.default_model,
-             "assignment": sorted(self.model_for_study.items())}, sort_keys=True).encode())
-        for name in sorted(self.models):
-            for key in sorted(self.models[name]):
-                digest.update(f"{name}/{key}".encode())
-                digest.update(self.models[name][key].cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        settings = canonical_json({"architecture": self.architecture.to_json(), "default": self.default_model,
+                                   "assignment": sorted(self.model_for_study.items())})
+        weights = [chunk for name in sorted(self.models) for key in sorted(self.models[name])
+                   for chunk in (f"{name}/{key}", self.models[name][key].cpu().numpy().tobytes())]
+        return short_hash(settings, *weights)
 
     def model_name(self, study_id: int) -> str:
         """The model that embeds ``study_id``."""
@@ -334,7 +281,7 @@ class CnnExtractor:
         if name not in self._modules:
             model = SpineCnn(self.architecture)
             model.load_state_dict(self.models[name])
-            self._modules[name] = model.to(resolve_device(self.device)).eval()
+            self._modules[name] = model.to(resolve_device(self.device, DEVICE_KEY)).eval()
         return self._modules[name]
 
     def extract(self, crops: Sequence[RoiCrop]) -> list[ExtractionResult]:
@@ -348,7 +295,7 @@ class CnnExtractor:
         embeddings = np.zeros((len(crops), len(names)))
         for model_name, rows in by_model.items():
             embeddings[rows] = embed_inputs(self.module(model_name), inputs[rows], batch_size=self.batch_size,
-                                            device=resolve_device(self.device))
+                                            device=resolve_device(self.device, DEVICE_KEY))
         results = []
         for i in range(len(crops)):
             if errors[i] is None and not np.isfinite(embeddings[i]).all():
@@ -378,9 +325,8 @@ class CnnTrainer:
         return embedding_names(self.config.embedding_size)
 
     def fingerprint(self) -> str:
-        text = json.dumps({"config": self.config.model_dump(mode="json"),
-                           "labels": sorted([*key, value] for key, value in self.labels.items())}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_hash({"config": self.config.model_dump(mode="json"),
+                          "labels": sorted([*key, value] for key, value in self.labels.items())})
 
     def prepare(self, crops: Sequence[RoiCrop]) -> dict[str, np.ndarray]:
         """The embeddable crops' inputs (float16) and keys; crops that cannot be embedded are left out."""
@@ -406,7 +352,7 @@ class CnnTrainer:
 
         config = self.config
         workdir = Path(workdir)
-        device = resolve_device(config.device)
+        device = resolve_device(config.device, DEVICE_KEY)
         architecture = CnnArchitecture.from_config(config)
         rows = self._write_training_rows(workdir, sorted(int(s) for s in study_ids))
         labelled_studies = np.unique(rows["study_id"])
@@ -422,7 +368,7 @@ class CnnTrainer:
             plan.append((f"fold_{fold}", labelled_studies[train_idx], config.seed + fold + 1))
         plan.append((FULL_MODEL, labelled_studies, config.seed))
 
-        train_hash = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        train_hash = sha256_hex(canonical_json(config.model_dump(mode="json")))
         models: dict[str, dict[str, torch.Tensor]] = {}
         to_train = []
         for name, train_studies, seed in plan:
@@ -433,7 +379,7 @@ class CnnTrainer:
             if saved is not None and saved.get("architecture") == architecture.to_json() \
                     and all(saved.get(key) == value for key, value in meta.items()):
                 log.info("cnn model %s: reusing %s", name, path)
-                models[name] = torch.load(path, map_location="cpu", weights_only=True)
+                models[name], _ = load_checkpoint(path, fix=CHECKPOINT_FIX)
                 continue
             selected = np.flatnonzero(np.isin(rows["study_id"], train_studies))
             to_train.append(delayed(_train_and_save)(
@@ -470,7 +416,7 @@ class CnnTrainer:
         ``sha256``: a hash of the rows and their labels (a saved model is reused only if it matches).
         """
         study_of_row, labels, conditions = [], [], []
-        digest = hashlib.sha256()
+        digest = sha256_stream()
         with artifacts.atomic_path(workdir / _TRAIN_ROWS) as tmp, open(tmp, "wb") as out:
             for study_id in study_ids:
                 with np.load(workdir / "inputs" / f"study_{study_id}.npz") as prepared:
@@ -509,7 +455,7 @@ def _train_and_save(path: Path, rows_path: Path, selected: np.ndarray, labels: n
                                    device=torch.device(device))
     finally:
         rows.close()
-    save_checkpoint(path, state, CnnArchitecture.from_config(config), meta)
+    save_checkpoint(path, state, CnnArchitecture.from_config(config).to_json(), meta)
     return path, state
 
 

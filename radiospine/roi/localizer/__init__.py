@@ -45,6 +45,7 @@ Shape (the winning one of the competition, written small)
 Training uses a quality focal loss (:func:`~radiospine.roi.localizer.training.heatmap_loss`), random rotation /
 scale / shift / intensity augmentation and, for axial slices, left-right mirroring with the side channels swapped.
 
-Weights are saved with ``torch.save(state_dict)`` beside a JSON file holding the architecture and the config
-they were trained with, and are loaded with ``weights_only=True``.
+The two networks are saved as checkpoints of :mod:`radiospine.checkpoint` (weights + a JSON sidecar with the
+architecture and the weights' hash, checked on loading) beside ``localizer.json`` (config, offsets, training
+report); see :mod:`radiospine.roi.localizer.model`.
 """

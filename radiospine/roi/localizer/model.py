@@ -1,7 +1,9 @@
 """The trained localiser: two heatmap U-Nets, the config they were trained with, where they run; saving and loading.
 
-Weights are saved with ``torch.save(state_dict)`` beside a JSON file holding the architecture, the config and the
-subarticular fallback offsets, and are loaded with ``weights_only=True``.
+The two networks are saved as checkpoints of :mod:`radiospine.checkpoint` (``sagittal.pt`` / ``axial.pt``, each with
+a JSON sidecar holding its U-Net spec, its channels and the weights' hash, checked on loading), and
+``localizer.json`` holds the config they were trained with, the subarticular fallback offsets and the training
+report.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from pathlib import Path
 
 import torch
 
-from radiospine.artifacts import atomic_path, atomic_write_text
+from radiospine.artifacts import atomic_write_text
+from radiospine.checkpoint import ARCHITECTURE_KEY, load_checkpoint, save_checkpoint
 from radiospine.config import LocalizerConfig
+from radiospine.device import resolve_device
 from radiospine.roi.localizer.grids import AXIAL_CHANNELS, INPUT_PERCENTILES, SAGITTAL_CHANNELS
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
+#: The config key of the localiser's device (named in errors).
+DEVICE_KEY = "localizer.device"
+#: What to do when the saved localiser is missing or unusable.
+TRAIN_FIX = "train the localiser (radiospine train-localizer --data DIR --work WORK; --force replaces a saved one)"
 
 @dataclass
 class Localizer:
@@ -29,23 +37,23 @@ class Localizer:
     device: torch.device
 
 
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` -> cuda when there is one, else cpu; ``cuda`` without a GPU is an error naming the fix."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("localizer.device is 'cuda' but torch sees no GPU; set localizer.device=auto or cpu")
-    return torch.device("cuda" if setting in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
 def save_localizer(localizer: Localizer, folder: str | Path, extra: dict | None = None) -> None:
-    """``folder/{sagittal,axial}.pt`` (state dicts) and ``folder/localizer.json`` (architecture, config, offsets)."""
+    """Save a localiser in ``folder``: the checkpoints ``{sagittal,axial}.pt`` + ``.json`` (state dict; U-Net spec,
+    channels and the weights' hash, :mod:`radiospine.checkpoint`), then ``localizer.json`` (config, input
+    percentiles, subarticular offsets and ``extra``, e.g. the training report).
+
+    Args:
+        localizer: the trained localiser.
+        folder: created if missing.
+        extra: more JSON-serialisable entries of ``localizer.json``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    channels = {"sagittal": SAGITTAL_CHANNELS, "axial": AXIAL_CHANNELS}
     for kind in ("sagittal", "axial"):
-        with atomic_path(folder / f"{kind}.pt") as tmp:
-            torch.save(getattr(localizer, kind).state_dict(), tmp)
+        net = getattr(localizer, kind)
+        save_checkpoint(folder / f"{kind}.pt", net.state_dict(), net.spec.to_json(), {"channels": list(channels[kind])})
     description = {
-        "sagittal": {"spec": localizer.sagittal.spec.to_json(), "channels": list(SAGITTAL_CHANNELS)},
-        "axial": {"spec": localizer.axial.spec.to_json(), "channels": list(AXIAL_CHANNELS)},
         "config": localizer.config.model_dump(mode="json"),
         "input_percentiles": list(INPUT_PERCENTILES),
         "subarticular_offsets_mm": localizer.subarticular_offsets_mm,
@@ -55,18 +63,25 @@ def save_localizer(localizer: Localizer, folder: str | Path, extra: dict | None 
 
 
 def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
-    """Load what :func:`save_localizer` wrote (weights with ``weights_only=True``)."""
+    """Load what :func:`save_localizer` wrote in ``folder``, on ``device`` (a ``localizer.device`` setting).
+
+    Returns:
+        The localiser, its networks in evaluation mode on the device.
+
+    Raises:
+        FileNotFoundError: ``localizer.json`` or a weights file is missing.
+        radiospine.checkpoint.CheckpointError: a checkpoint's sidecar is missing or its weights do not match it.
+    """
     folder = Path(folder)
     path = folder / "localizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: train the localiser first "
-                                f"(radiospine train-localizer --data DIR --work WORK)")
+        raise FileNotFoundError(f"{path} does not exist: {TRAIN_FIX}")
     description = json.loads(path.read_text())
-    target = resolve_device(device)
+    target = resolve_device(device, DEVICE_KEY)
     nets = {}
     for kind in ("sagittal", "axial"):
-        net = UNet(UNetSpec(**description[kind]["spec"]))
-        state = torch.load(folder / f"{kind}.pt", map_location=target, weights_only=True)
+        state, sidecar = load_checkpoint(folder / f"{kind}.pt", fix=TRAIN_FIX, map_location=target)
+        net = UNet(UNetSpec(**sidecar[ARCHITECTURE_KEY]))
         net.load_state_dict(state)
         nets[kind] = net.to(target).eval()
     return Localizer(nets["sagittal"], nets["axial"], LocalizerConfig.model_validate(description["config"]),

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from radiospine.config import LocalizerConfig
+from radiospine.device import resolve_device
 from radiospine.geometry import patient_to_voxel, pixel_spacing
 from radiospine.roi.localizer.data import TrainingStack
 from radiospine.roi.localizer.grids import AXIAL_CHANNELS, SAGITTAL_CHANNELS, Kind, heatmap_targets, stack_inputs
-from radiospine.roi.localizer.model import Localizer, resolve_device
+from radiospine.roi.localizer.model import DEVICE_KEY, Localizer
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def subarticular_offsets(stacks: Sequence[TrainingStack]) -> dict[str, list[floa
 
 def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> tuple[Localizer, dict]:
     """Train both networks; returns the localiser and a training log (losses and seconds per network)."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, DEVICE_KEY)
     report = {"device": str(device)}
     nets = {}
     for kind, samples in (("sagittal", config.sagittal_slices_per_epoch), ("axial", config.axial_slices_per_epoch)):

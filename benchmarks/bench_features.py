@@ -38,7 +38,7 @@ from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.monitor import TreeMonitor
 from radiospine.config import SynthConfig, load_config
-from radiospine.features.base import feature_column
+from radiospine.features.columns import feature_column
 from radiospine.features.driver import compute_features
 from radiospine.features.radiomics import RadiomicsExtractor, quiet_pyradiomics
 from radiospine.features.stage import RoiCutter

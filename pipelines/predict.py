@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.train_gbm import PRIOR_FILE, models_dir
     from radiospine import artifacts
-    from radiospine.features.base import KEY_COLUMNS, SEPARATOR
+    from radiospine.features.base import KEY_COLUMNS
+    from radiospine.features.columns import is_status_column
     from radiospine.features.driver import features_dir
     from radiospine.features.stage import run_features_stage
     from radiospine.features.store import read_features
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     step = time.perf_counter()
     completed, filled = models.predict_studies(features, study_ids, prior)
-    status_columns = [c for c in features.columns if c.endswith(f"{SEPARATOR}status")]
+    status_columns = [c for c in features.columns if is_status_column(c)]
     submission = build_submission(completed, study_ids)
     write_submission(submission, out, expected_study_ids=study_ids)
     timings["predict"] = time.perf_counter() - step

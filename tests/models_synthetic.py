@@ -1,12 +1,12 @@
 """Synthetic feature tables with ordinal labels, for model tests and benchmarks/bench_formulations.py (no images).
 
 The tables look like the feature stage's output: one row per (study, condition, level), feature columns
-namespaced ``<extractor>__<name>`` and one ``<extractor>__status`` column per extractor. Severity is an
-ordinal latent cut at two thresholds: the latent adds a per-study degeneration score, a per-level offset
-(worst at L4/L5 and L5/S1, as in the real data), a per-(study, level) term shared by all conditions at that
-level, and row noise. A few features measure the latent with noise (some through monotone non-linear
-transforms); the rest are noise, plus one constant column. Failed extractions set their status to a reason
-and their features to NaN, as the feature stage does.
+``<extractor>__<view>__<name>`` and one ``<extractor>__status`` column per extractor
+(:mod:`radiospine.features.columns`). Severity is an ordinal latent cut at two thresholds: the latent adds a
+per-study degeneration score, a per-level offset (worst at L4/L5 and L5/S1, as in the real data), a per-(study,
+level) term shared by all conditions at that level, and row noise. A few features measure the latent with noise
+(some through monotone non-linear transforms); the rest are noise, plus one constant column. Failed extractions
+set their status to a reason and their features to NaN, as the feature stage does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from radiospine import vocab
+from radiospine.features.columns import feature_column, parse_column, status_column
 from radiospine.labels import target_grid
 
 #: Per-level latent offsets, L1/L2 .. L5/S1.
@@ -100,9 +101,9 @@ def make_feature_table(
     features = grid.copy()
     for extractor in EXTRACTORS:
         failed = rng.random(n_rows) < failure_fraction
-        features[f"{extractor}__status"] = np.where(failed, FAILURE_REASON, "ok")
+        features[status_column(extractor)] = np.where(failed, FAILURE_REASON, "ok")
         for name in names:
-            if name.startswith(f"{extractor}__"):
+            if parse_column(name).extractor == extractor:
                 columns[name][failed] = np.nan
     features = pd.concat([features, pd.DataFrame(columns)], axis=1)
 
@@ -114,6 +115,6 @@ def make_feature_table(
 
 def _feature_names(n_features: int) -> list[str]:
     n_radiomics = (n_features + 1) // 2
-    return [f"radiomics__sagittal_t2__original_f{j:03d}" for j in range(n_radiomics)] + [
-        f"cnn__axial_t2__emb_{j:03d}" for j in range(n_features - n_radiomics)
+    return [feature_column("radiomics", "sagittal_t2", f"original_f{j:03d}") for j in range(n_radiomics)] + [
+        feature_column("cnn", "axial_t2", f"emb_{j:03d}") for j in range(n_features - n_radiomics)
     ]

@@ -26,8 +26,9 @@ from models_synthetic import make_feature_table
 
 from radiospine import vocab
 from radiospine.artifacts import library_versions
+from radiospine.features.base import KEY_COLUMNS
+from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, feature_column, is_status_column, parse_column
 from radiospine.models import cv
-from radiospine.models.condition_models import LEVEL_FEATURE, SIDE_FEATURE
 from radiospine.models.ordinal import OrdinalGBMClassifier
 from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbnail
 
@@ -43,14 +44,14 @@ _DESCRIPTIONS = (vocab.SAGITTAL_T1, vocab.SAGITTAL_T2, vocab.AXIAL_T2)
 def realistic_feature_names(n_radiomics: int, n_cnn: int) -> list[str]:
     """``n_radiomics`` radiomics names (views x filters x classes, then their ``mean25d_`` slice means) and
     ``n_cnn`` CNN embedding names, as the feature stage writes them."""
-    radiomics = [f"radiomics__{view}__{prefix}{image_filter}_{cls}_{measure}"
+    radiomics = [feature_column("radiomics", view, f"{prefix}{image_filter}_{cls}_{measure}")
                  for prefix in ("", "mean25d_")
                  for image_filter, (cls, measure), view in itertools.product(
                      _FILTERS, _MEASURES, ("sagittal_t2", "sagittal_t1", "axial_t2"))]
     if n_radiomics > len(radiomics):
         raise ValueError(f"at most {len(radiomics)} synthetic radiomics names, {n_radiomics} asked for")
     views = ("sagittal_t2", "sagittal_t1", "axial_t2")
-    cnn = [f"cnn__{views[j % 3]}__emb_{j // 3:03d}" for j in range(n_cnn)]
+    cnn = [feature_column("cnn", views[j % 3], f"emb_{j // 3:03d}") for j in range(n_cnn)]
     return radiomics[:n_radiomics] + cnn
 
 
@@ -102,11 +103,11 @@ def synthetic_report_inputs(
     """Report inputs for ``n_studies`` synthetic studies with ``n_features`` features per row (half radiomics,
     half CNN); see the module docstring. ``thumbnail_views``: thumbnails per row."""
     table = make_feature_table(n_studies, n_features, class_fractions=(0.6, 0.25, 0.15), seed=seed)
-    old_names = [c for c in table.features.columns if "__" in c and not c.endswith("__status")]
-    n_radiomics = sum(name.startswith("radiomics__") for name in old_names)
+    old_names = [c for c in table.features.columns if c not in KEY_COLUMNS and not is_status_column(c)]
+    n_radiomics = sum(parse_column(name).extractor == "radiomics" for name in old_names)
     new_names = realistic_feature_names(n_radiomics, len(old_names) - n_radiomics)
     if hostile is not None:
-        new_names[-1] = f"radiomics__axial_t2__original_firstorder_{hostile}"
+        new_names[-1] = feature_column("radiomics", "axial_t2", f"original_firstorder_{hostile}")
     features = table.features.rename(columns=dict(zip(old_names, new_names)))
     labels = table.labels
     folds = cv.assign_study_folds(labels, n_folds, seed)

@@ -11,10 +11,9 @@ from models_synthetic import FAILURE_REASON, make_feature_table
 
 from radiospine import metrics, vocab
 from radiospine.config import ModelsConfig, config_hash, load_config
+from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column, status_column
 from radiospine.models.condition_models import (
-    LEVEL_FEATURE,
     MODEL_CARD,
-    SIDE_FEATURE,
     TrainedModels,
     model_groups,
     prepare_features,
@@ -22,6 +21,12 @@ from radiospine.models.condition_models import (
 )
 
 PROBABILITIES = list(vocab.SEVERITIES)
+
+
+def feature_columns_of(features: pd.DataFrame) -> list[str]:
+    """The feature columns of a synthetic feature table (not its keys, not its status columns)."""
+    return [c for c in features.columns
+            if c not in ("study_id", "condition", "level") and parse_column(c).kind == "feature"]
 
 
 def _config(**overrides) -> ModelsConfig:
@@ -89,7 +94,7 @@ def test_training_beats_the_prior_and_reports_every_stage(trained, synthetic):
 
 def test_predictions_valid_for_failed_and_nan_rows(trained, synthetic):
     features = synthetic.features.copy()
-    feature_columns = [c for c in features.columns if "__" in c and not c.endswith("__status")]
+    feature_columns = feature_columns_of(features)
     features.loc[:9, feature_columns] = np.nan
     features.loc[10:19, feature_columns] = 1e12
     predictions = trained.predict(features)
@@ -100,13 +105,14 @@ def test_predictions_valid_for_failed_and_nan_rows(trained, synthetic):
 
 def test_failed_extractions_are_counted_and_partial_failures_keep_their_features(trained, synthetic):
     assert trained.report["failed_extraction_rows"] == {
-        extractor: int((synthetic.features[f"{extractor}__status"] != "ok").sum()) for extractor in ("cnn", "radiomics")
+        extractor: int((synthetic.features[status_column(extractor)] != "ok").sum())
+        for extractor in ("cnn", "radiomics")
     }
     features = synthetic.features.iloc[:50].copy()
     # A status naming one failed view of several leaves the row's other features in use.
     features["radiomics__status"] = f"axial_t2: {FAILURE_REASON}; sagittal_t2: ok"
     prepared = prepare_features(features)
-    radiomics = [c for c in prepared.columns if c.startswith("radiomics__")]
+    radiomics = [c for c in prepared.columns if parse_column(c).extractor == "radiomics"]
     np.testing.assert_array_equal(prepared.table[radiomics].to_numpy(), features[radiomics].to_numpy())
     assert prepared.failed_rows["radiomics"] == 50
     pd.testing.assert_frame_equal(trained.predict(features), trained.predict(synthetic.features.iloc[:50]))
@@ -196,6 +202,7 @@ def test_training_needs_every_base_condition(synthetic):
     (lambda f: f.assign(cnn__axial_t2__emb_000="high"), "not numeric"),
     (lambda f: f.drop(columns=["cnn__status"]), "no cnn__status column"),
     (lambda f: f.assign(key__level=1.0), "reserved"),
+    (lambda f: f.assign(cnn__emb_000=1.0), "'cnn__emb_000' is not a feature-table column name"),
     (lambda f: f[["study_id", "condition", "level"]], "no feature column"),
 ])
 def test_prepare_features_rejects_bad_tables(synthetic, mutate, message):
@@ -216,7 +223,7 @@ def test_predict_studies_fills_undescribed_and_absent_rows_from_the_prior(traine
     from radiospine.metrics import weighted_prior
 
     features = synthetic.features.copy()
-    feature_columns = [c for c in features.columns if "__" in c and not c.endswith("__status")]
+    feature_columns = feature_columns_of(features)
     study_ids = sorted(features["study_id"].unique())
     first, absent = study_ids[0], study_ids[-1]
     features.loc[features["study_id"] == first, feature_columns] = np.nan

@@ -1,4 +1,4 @@
-"""One interface for feature extractors, and the naming of feature-table columns.
+"""One interface for feature extractors, and the layout of the feature table.
 
 The feature table
 -----------------
@@ -10,10 +10,11 @@ column names its extractor, its view and the feature::
     radiomics__sagittal_t2__original_glcm_Contrast
     cnn__axial_t2__emb_007
 
-and each extractor has one status column (``radiomics__status``, ``cnn__status``): ``"ok"`` when every crop of
-the key was described, else the reasons, one per view (``"axial_t2: constant intensity inside the mask;
-sagittal_t2: ok"``). A key without any crop has NaN features and the status ``"no ROI crop"``; a study whose
-crops could not be made has NaN features and ``"ROI crops failed: <reason>"``. Nothing turns into NaN silently.
+(built and parsed by :mod:`radiospine.features.columns`), and each extractor has one status column
+(``radiomics__status``, ``cnn__status``): ``"ok"`` when every crop of the key was described, else the reasons,
+one per view (``"axial_t2: constant intensity inside the mask; sagittal_t2: ok"``). A key without any crop has
+NaN features and the status ``"no ROI crop"``; a study whose crops could not be made has NaN features and
+``"ROI crops failed: <reason>"``. Nothing turns into NaN silently.
 
 Extractors
 ----------
@@ -44,19 +45,6 @@ ALL_VIEWS: tuple[str, ...] = get_args(RoiView)
 STATUS_OK = "ok"
 #: The status of a key for which the ROI cutter gave no crop.
 STATUS_NO_CROP = "no ROI crop"
-#: Separates extractor, view and feature in a column name.
-SEPARATOR = "__"
-
-
-def feature_column(extractor: str, view: str, feature: str) -> str:
-    """``("radiomics", "sagittal_t2", "original_glcm_Contrast")`` ->
-    ``"radiomics__sagittal_t2__original_glcm_Contrast"``."""
-    return f"{extractor}{SEPARATOR}{view}{SEPARATOR}{feature}"
-
-
-def status_column(extractor: str) -> str:
-    """``"radiomics"`` -> ``"radiomics__status"``."""
-    return f"{extractor}{SEPARATOR}status"
 
 
 @dataclass(frozen=True)
@@ -99,7 +87,8 @@ class Extractor(Protocol):
     """Describes crops with a fixed set of features.
 
     Attributes:
-        name: the namespace of its columns (``"radiomics"``); letters, digits and single underscores.
+        name: the namespace of its columns (``"radiomics"``): a snake_case word
+            (:func:`radiospine.features.columns.is_extractor_name`).
     """
 
     name: str

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +53,8 @@ from radiospine.features.base import (
     ExtractionResult,
     Extractor,
     TrainableExtractor,
-    feature_column,
-    status_column,
 )
+from radiospine.features.columns import feature_column, is_extractor_name, status_column
 from radiospine.features.store import FeatureStore, table_schema
 from radiospine.roi.cut import RoiFailure
 from radiospine.roi.types import RoiCrop
@@ -74,7 +72,6 @@ class StudyCrops(NamedTuple):
 
 #: study id -> its crops, or its crops and the cutter's recorded failures.
 CropsForStudy = Callable[[int], Sequence[RoiCrop] | StudyCrops]
-_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _SOURCE_PRIORITY = {"label": 0, "predicted": 1, "fallback": 2}
 #: The status prefix of a study whose crops could not be made.
 CROPS_FAILED = "ROI crops failed"
@@ -151,8 +148,8 @@ def compute_features(study_ids: Iterable[int], crops_for_study: CropsForStudy,
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     names = [extractor.name for extractor in extractors]
-    if not names or len(set(names)) != len(names) or not all(_NAME.match(name) for name in names):
-        raise ValueError(f"extractor names must be distinct snake_case words without '__', got {names}")
+    if not names or len(set(names)) != len(names) or not all(is_extractor_name(name) for name in names):
+        raise ValueError(f"extractor names must be distinct snake_case words without '__' (not 'key'), got {names}")
     views = tuple(config.views)
     inputs = {"catalog": catalog_hash, **{f"extractor:{e.name}": e.fingerprint() for e in extractors},
               **dict(extra_inputs or {})}

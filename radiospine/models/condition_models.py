@@ -6,10 +6,11 @@ features
     One row per (study_id, condition, level) (snake_case condition with its side, e.g.
     ``left_subarticular_stenosis``), feature columns ``<extractor>__<view>__<name>`` (numeric) and one status
     column ``<extractor>__status`` per extractor (``"ok"`` or the failure reasons), as
-    :mod:`radiospine.features.base` defines it. Features of a failed crop are NaN there (its reason is in the
-    status), and the boosters route NaN as missing; the driver requires the status columns and counts the rows
-    whose status is not ``"ok"`` in its report. (A key's status names every view, so a row whose axial crop
-    failed still has valid sagittal features: statuses are not used to blank whole rows.)
+    :mod:`radiospine.features.base` and :mod:`radiospine.features.columns` define them. Features of a failed
+    crop are NaN there (its reason is in the status), and the boosters route NaN as missing; the driver requires
+    the status columns and counts the rows whose status is not ``"ok"`` in its report. (A key's status names every
+    view, so a row whose axial crop failed still has valid sagittal features: statuses are not used to blank whole
+    rows.)
 labels
     Long labels (:mod:`radiospine.labels`): ``study_id, condition, level, severity`` (0/1/2 or ``<NA>``).
     Missing labels are neither trained on nor scored.
@@ -55,7 +56,16 @@ from radiospine import metrics, vocab
 from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
 from radiospine.config import ModelMember, ModelsConfig, config_hash
 from radiospine.csvio import summarize_items
-from radiospine.features.base import SEPARATOR, STATUS_OK, status_column
+from radiospine.features.base import STATUS_OK
+from radiospine.features.columns import (
+    KEY_PREFIX,
+    LEVEL_FEATURE,
+    SEPARATOR,
+    SIDE_FEATURE,
+    is_status_column,
+    parse_column,
+    status_column,
+)
 from radiospine.models import cv
 from radiospine.models.calibration import (
     AnySevereAdjuster,
@@ -70,10 +80,6 @@ from radiospine.submission import PREDICTION_KEY_COLUMNS, fill_missing_with_prio
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the features the driver adds itself (level, side); no extractor may use it.
-KEY_PREFIX = "key__"
-LEVEL_FEATURE = f"{KEY_PREFIX}level"
-SIDE_FEATURE = f"{KEY_PREFIX}side_left"
 MODEL_CARD = "model_card.json"
 OOF_PREDICTIONS = "oof_predictions.csv"
 CARD_FORMAT = "radiospine.condition_models/1"
@@ -149,10 +155,6 @@ def _base_conditions(conditions: pd.Series) -> np.ndarray:
     return conditions.map(lambda condition: vocab.split_condition(condition).base).to_numpy()
 
 
-def _extractor(column: str) -> str:
-    return column.split(SEPARATOR, 1)[0]
-
-
 @dataclass(frozen=True)
 class PreparedFeatures:
     """A validated feature table.
@@ -172,8 +174,9 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
 
     Raises ``ValueError`` naming the problem: missing key columns, an id that is not an integer, an unknown
     condition or level, a repeated (study, condition, level), a non-numeric feature column, an extractor
-    without its status column, an unknown extractor, a column using the reserved ``key__`` prefix, or no
-    feature column at all.
+    without its status column, an unknown extractor, a column using the reserved ``key__`` prefix, a column
+    with ``"__"`` that is no feature or status column name (:func:`radiospine.features.columns.parse_column`), or
+    no feature column at all.
     """
     missing = [column for column in PREDICTION_KEY_COLUMNS if column not in features.columns]
     if missing:
@@ -199,15 +202,16 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
     if reserved:
         raise ValueError(f"feature column(s) {summarize_items(reserved)} use the prefix {KEY_PREFIX!r} reserved for "
                          f"the level and side features; rename the extractor")
-    candidates = [column for column in features.columns
-                  if SEPARATOR in str(column) and column != status_column(_extractor(str(column)))]
-    available = sorted({_extractor(column) for column in candidates})
+    extractor_of = {column: parse_column(str(column)).extractor for column in features.columns
+                    if SEPARATOR in str(column) and not is_status_column(str(column))}
+    candidates = list(extractor_of)
+    available = sorted(set(extractor_of.values()))
     if extractors is not None:
         unknown = sorted(set(extractors) - set(available))
         if unknown:
             raise ValueError(f"models.extractors names {unknown}, absent from the feature table (it has "
                              f"{available})")
-        candidates = [column for column in candidates if _extractor(column) in extractors]
+        candidates = [column for column in candidates if extractor_of[column] in extractors]
     if not candidates:
         raise ValueError("the feature table has no feature column (<extractor>__<name>); run the feature stage")
     non_numeric = [column for column in candidates
@@ -216,7 +220,7 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
         raise ValueError(f"feature column(s) {summarize_items(non_numeric)} are not numeric")
 
     failed_rows = {}
-    for extractor in sorted({_extractor(column) for column in candidates}):
+    for extractor in sorted({extractor_of[column] for column in candidates}):
         status = status_column(extractor)
         if status not in features.columns:
             raise ValueError(f"the feature table has {extractor}{SEPARATOR} features but no {status} column; the "
@@ -315,7 +319,7 @@ class TrainedModels:
         ``study_id, condition, level`` rows taken from the prior.
         """
         feature_columns = [c for c in features.columns
-                           if c not in PREDICTION_KEY_COLUMNS and not c.endswith(f"{SEPARATOR}status")]
+                           if c not in PREDICTION_KEY_COLUMNS and not is_status_column(c)]
         described = features[feature_columns].notna().any(axis=1)
         predictions = self.predict(features[described].reset_index(drop=True))
         return fill_missing_with_prior(predictions, study_ids, prior)
@@ -332,7 +336,7 @@ class TrainedModels:
             rows = group_model.group.rows(table)
             if not rows.any():
                 continue
-            extractor_columns = [c for c in group_model.feature_columns if not c.startswith(KEY_PREFIX)]
+            extractor_columns = [c for c in group_model.feature_columns if parse_column(c).kind != "key"]
             absent = [column for column in extractor_columns if column not in table.columns]
             if absent:
                 raise ValueError(f"the feature table lacks column(s) {summarize_items(absent)} that model "

@@ -1,6 +1,7 @@
 """Feature column names -> what they measure: extractor, view, family, filter, and a readable label.
 
-The one place that parses the feature table's column names (:mod:`radiospine.features.base` builds them)::
+Column names are split into extractor, view and name by :func:`radiospine.features.columns.parse_column`; this
+module reads what the parts mean::
 
     radiomics__<view>__[mean25d_]<filter>_<class>_<feature>   radiomics__sagittal_t2__original_glcm_Contrast
         family  "radiomics/<class>"   (radiomics/glcm, radiomics/firstorder, radiomics/shape2D, ...)
@@ -12,8 +13,8 @@ The one place that parses the feature table's column names (:mod:`radiospine.fea
                                                                  driver, :mod:`radiospine.models.condition_models`)
     <extractor>__<view>__<name> of any other extractor           family "<extractor>"
 
-A name that does not follow these forms is kept whole, with family ``"other"``; nothing fails on a strange name
-(feature names are shown escaped, whatever they hold).
+A name that does not follow these forms (status columns included) is kept whole, with family ``"other"``; nothing
+fails on a strange name (feature names are shown escaped, whatever they hold).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from radiospine import vocab
-from radiospine.features.base import SEPARATOR
+from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column
 from radiospine.features.radiomics import MEAN_PREFIX, N_SLICES_FEATURE
-from radiospine.models.condition_models import KEY_PREFIX, LEVEL_FEATURE, SIDE_FEATURE
 
 #: The series each crop view is cut from (the view names of :data:`radiospine.roi.types.RoiView`).
 VIEW_SERIES: dict[str, str] = {"sagittal_t1": vocab.SAGITTAL_T1, "sagittal_t2": vocab.SAGITTAL_T2,
@@ -65,14 +65,17 @@ class FeatureName:
 
 @lru_cache(maxsize=65536)
 def parse_feature_name(name: str) -> FeatureName:
-    """Parse one feature column name (see the module docstring for the forms)."""
-    if name.startswith(KEY_PREFIX):
-        label = _KEY_LABELS.get(name, name[len(KEY_PREFIX):])
-        return FeatureName(name, "key", None, KEY_FAMILY, NO_FILTER, label, _shorten(label))
-    parts = name.split(SEPARATOR, 2)
-    if len(parts) != 3 or not all(parts):
+    """Parse one feature column name (see the module docstring for the forms); never raises."""
+    try:
+        column = parse_column(name)
+    except ValueError:
+        column = None
+    if column is not None and column.kind == "key":
+        label = _KEY_LABELS.get(name, column.name)
+        return FeatureName(name, column.extractor, None, KEY_FAMILY, NO_FILTER, label, _shorten(label))
+    if column is None or column.kind != "feature":
         return FeatureName(name, "", None, OTHER_FAMILY, NO_FILTER, name, _shorten(name))
-    extractor, view, feature = parts
+    extractor, view, feature = column.extractor, column.view, column.name
     where = f"{extractor}, {VIEW_SERIES.get(view, view)}"
     short_view = view.replace("sagittal_", "sag ").replace("axial_", "ax ")
     if extractor == "cnn":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from radiospine import catalog, vocab
 from radiospine.cli import main
 from radiospine.geometry import voxel_to_patient
+from radiospine.hashing import file_sha256
 from radiospine.io.dicom import read_series_headers
 from radiospine.labels import load_label_coordinates, load_train_labels
 from radiospine.metrics import score, weighted_prior_predictions
@@ -53,7 +53,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(root)): file_sha256(p)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from radiospine.checkpoint import CheckpointError
 from radiospine.config import LocalizerConfig
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
@@ -18,6 +19,7 @@ from radiospine.roi.localizer.grids import (
     stack_inputs,
 )
 from radiospine.roi.localizer.inference import _interpolate_levels, lateral_offsets_mm, point_on_stack
+from radiospine.roi.localizer.model import Localizer, load_localizer, save_localizer
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
 
@@ -83,6 +85,19 @@ def test_stack_inputs_clamp_at_the_ends_and_unet_shapes() -> None:
     assert net(torch.from_numpy(x)).shape == (2, 10, 32, 32)
     with pytest.raises(ValueError, match="multiple of"):
         net(torch.zeros(1, 3, 36, 36))
+
+
+def test_saved_localiser_loads_back_and_tampered_weights_are_refused(tmp_path) -> None:
+    torch.manual_seed(0)
+    nets = [UNet(UNetSpec(in_channels=3, out_channels=channels, base_channels=4, depth=2)) for channels in (10, 2)]
+    offsets = {"left_subarticular_stenosis": [1.0, 2.0], "right_subarticular_stenosis": [-1.0, 2.0]}
+    save_localizer(Localizer(*nets, LocalizerConfig(), offsets, torch.device("cpu")), tmp_path, {"training": {}})
+    loaded = load_localizer(tmp_path, "cpu")
+    assert loaded.sagittal.spec == nets[0].spec and loaded.subarticular_offsets_mm == offsets
+    assert all(torch.equal(value, nets[1].state_dict()[key]) for key, value in loaded.axial.state_dict().items())
+    torch.save({key: value + 1 for key, value in nets[1].state_dict().items()}, tmp_path / "axial.pt")
+    with pytest.raises(CheckpointError, match=r"axial.pt: the weights do not match .*radiospine train-localizer"):
+        load_localizer(tmp_path, "cpu")
 
 
 def test_foramen_side_comes_from_geometry_not_instance_order() -> None:

@@ -11,10 +11,14 @@ import pytest
 
 from radiospine import vocab
 from radiospine.config import FeaturesConfig, RadiomicsConfig
+from radiospine.features.base import KEY_COLUMNS
+from radiospine.features.columns import feature_column, status_column
 from radiospine.features.store import FeatureStore, StoreError, read_features, table_schema
 
-COLUMNS = ["study_id", "condition", "level", "radiomics__status", "radiomics__axial_t2__original_firstorder_Mean"]
-SCHEMA = table_schema(COLUMNS, {"radiomics__status"})
+STATUS = status_column("radiomics")
+MEAN = feature_column("radiomics", "axial_t2", "original_firstorder_Mean")
+COLUMNS = [*KEY_COLUMNS, STATUS, MEAN]
+SCHEMA = table_schema(COLUMNS, {STATUS})
 CONFIG = FeaturesConfig()
 
 
@@ -24,11 +28,11 @@ def study_frame(study_id: int, value: float) -> pd.DataFrame:
         "study_id": study_id,
         "condition": [c for c, _ in keys],
         "level": [lv for _, lv in keys],
-        "radiomics__status": "ok",
-        "radiomics__axial_t2__original_firstorder_Mean": value + np.arange(len(keys)),
+        STATUS: "ok",
+        MEAN: value + np.arange(len(keys)),
     })
-    frame.loc[3, "radiomics__status"] = "axial_t2: constant intensity inside the mask"
-    frame.loc[3, "radiomics__axial_t2__original_firstorder_Mean"] = np.nan
+    frame.loc[3, STATUS] = "axial_t2: constant intensity inside the mask"
+    frame.loc[3, MEAN] = np.nan
     return frame.sample(frac=1.0, random_state=study_id)  # any row order is accepted
 
 
@@ -55,7 +59,7 @@ def test_shards_read_back_whole_and_sorted_with_junk_beside_them(tmp_path: Path)
     first = table[table["study_id"] == 4]
     assert [vocab.target_column(c, lv) for c, lv in zip(first["condition"], first["level"])] == list(
         vocab.TARGET_COLUMNS)
-    assert table["radiomics__axial_t2__original_firstorder_Mean"].isna().sum() == 3
+    assert table[MEAN].isna().sum() == 3
     assert list(table.columns) == COLUMNS
 
     raw = pd.read_parquet(tmp_path)
@@ -80,7 +84,7 @@ def test_shards_with_and_without_pandas_metadata_read_as_one_table(tmp_path: Pat
 
     table = store.read()
     assert table["study_id"].tolist() == [4] * 25 + [30] * 25
-    assert str(table["radiomics__axial_t2__original_firstorder_Mean"].dtype) == "float64"
+    assert str(table[MEAN].dtype) == "float64"
     assert table["study_id"].dtype == np.int64
     raw = pd.read_parquet(tmp_path)
     pd.testing.assert_frame_equal(
@@ -109,11 +113,11 @@ def test_write_is_atomic_a_failed_write_leaves_the_old_shard(tmp_path: Path, mon
 def test_rows_must_match_the_schema(tmp_path: Path) -> None:
     store = opened(tmp_path)
     with pytest.raises(ValueError, match="missing"):
-        store.write_study(5, study_frame(5, 1.0).drop(columns=["radiomics__status"]))
+        store.write_study(5, study_frame(5, 1.0).drop(columns=[STATUS]))
     with pytest.raises(ValueError, match="other studies"):
         store.write_study(6, study_frame(5, 1.0))
     twice = study_frame(5, 1.0)
-    twice = pd.concat([twice, twice[["radiomics__status"]]], axis=1)
+    twice = pd.concat([twice, twice[[STATUS]]], axis=1)
     with pytest.raises(ValueError, match="given twice"):
         store.write_study(5, twice)
     duplicated = study_frame(5, 1.0)
@@ -146,7 +150,7 @@ def test_same_config_keeps_shards_other_config_moves_them_aside(tmp_path: Path) 
     assert FeatureStore(tmp_path).done_studies() == set()
     aside = sorted((tmp_path / "_superseded").iterdir())
     assert len(aside) == 2  # never merged into the first folder, even within the same second
-    assert sorted(pd.read_parquet(path)["radiomics__axial_t2__original_firstorder_Mean"].max()
+    assert sorted(pd.read_parquet(path)[MEAN].max()
                   for path in (aside[0] / "study_1.parquet", aside[1] / "study_1.parquet")) == [25.0, 33.0]
 
 

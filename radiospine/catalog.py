@@ -89,7 +89,7 @@ def load_series_descriptions(path: Path) -> pd.DataFrame:
 
 def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
     """Guess ``Sagittal T1`` / ``Sagittal T2/STIR`` / ``Axial T2`` from a series' headers ("" if unknown)."""
-    from radiospine.io.dicom import DicomReadError, read_series_headers
+    from radiospine.io.headers import DicomReadError, read_series_headers
 
     try:
         stacks = read_series_headers(series_path, study_id=study_id, series_id=series_id)

@@ -1,4 +1,4 @@
-"""Tests of radiospine.io.dicom on real MR files (pydicom's and pydicom-data's) and on synthetic series."""
+"""Tests of radiospine.io (headers, stacks, decode) on real MR files (pydicom's, pydicom-data's) and synthetic ones."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from dicom_factory import (
 )
 
 from radiospine.geometry import image_plane_normal, patient_to_voxel, pixel_spacing, slice_spacing_mm, voxel_to_patient
-from radiospine.io import dicom
-from radiospine.io.dicom import DicomReadError, load_volume, read_series_headers, read_volume
+from radiospine.io import decode
+from radiospine.io.decode import load_volume, read_volume
+from radiospine.io.headers import DicomReadError, read_series_headers
 
 
 def copy_into_series(tmp_path: Path, *sources: Path, study_id: int = 7, series_id: int = 8) -> Path:
@@ -237,7 +238,7 @@ def test_truncated_real_file_is_refused_naming_it(tmp_path):
 
 def test_truncated_file_is_skipped_and_reported_beside_good_files(tmp_path, caplog):
     series_dir = copy_into_series(tmp_path, pydicom_test_file("MR_truncated.dcm"), pydicom_test_file("MR_small.dcm"))
-    with caplog.at_level(logging.WARNING, logger="radiospine.io.dicom"):
+    with caplog.at_level(logging.WARNING, logger="radiospine.io.headers"):
         (stack,) = read_series_headers(series_dir)
 
     assert [s.path.name for s in stack.slices] == ["MR_small.dcm"]
@@ -389,7 +390,7 @@ def test_uneven_spacing_below_the_gap_threshold_is_kept_and_reported(tmp_path, c
     moved.ImagePositionPatient = [0.0, 0.0, 13.0]  # steps 4, 4, 5, 3 mm: no step above 1.5 x the median
     moved.save_as(truth.paths[3])
 
-    with caplog.at_level(logging.WARNING, logger="radiospine.io.dicom"):
+    with caplog.at_level(logging.WARNING, logger="radiospine.io.headers"):
         (stack,) = read_series_headers(truth.series_dir)
 
     assert len(stack.slices) == 5
@@ -407,7 +408,7 @@ def test_a_file_missing_a_required_tag_is_skipped_or_fatal_when_strict(tmp_path,
     delattr(broken, keyword)
     broken.save_as(broken_path)
 
-    with caplog.at_level(logging.WARNING, logger="radiospine.io.dicom"):
+    with caplog.at_level(logging.WARNING, logger="radiospine.io.headers"):
         (stack,) = read_series_headers(truth.series_dir)
     assert stack.instance_numbers.tolist() == truth.instance_numbers[:-1].tolist()
     (skipped,) = stack.skipped_files
@@ -566,8 +567,8 @@ def test_the_header_scan_decodes_no_pixels(tmp_path, monkeypatch):
         raise AssertionError("the header scan must not touch pixel data")
 
     with monkeypatch.context() as patch:
-        patch.setattr(dicom, "iter_pixels", no_decoding)
-        patch.setattr(dicom, "get_frame", no_decoding)
+        patch.setattr(decode, "iter_pixels", no_decoding)
+        patch.setattr(decode, "get_frame", no_decoding)
         stacks = read_series_headers(truth.series_dir)
     assert [s.instance_numbers.tolist() for s in stacks] == [[1], truth.instance_numbers.tolist()]
     assert load_volume(stacks[0]).shape == (1, 64, 64)  # decoding works once allowed

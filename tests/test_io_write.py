@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from radiospine.geometry import make_affine
-from radiospine.io.dicom import load_volume, read_series_headers
+from radiospine.io.decode import load_volume
+from radiospine.io.headers import read_series_headers
 from radiospine.io.write import MrImageHeader, derived_uid, write_mr_image
 
 

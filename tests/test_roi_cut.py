@@ -180,7 +180,8 @@ def test_crops_for_study_from_dicom_files(tmp_path) -> None:
     """Through the DICOM reader: the crop's centre pixel is the coordinate's pixel; the canal gets an axial view."""
     from dicom_factory import SAGITTAL, oblique_orientation, write_synthetic_stack
 
-    from radiospine.io.dicom import load_volume, read_series_headers
+    from radiospine.io.decode import load_volume
+    from radiospine.io.headers import read_series_headers
     from radiospine.roi.cut import RoiFailure, crops_for_study
 
     study = tmp_path / "train_images" / "7"

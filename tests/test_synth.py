@@ -14,7 +14,7 @@ from radiospine import catalog, vocab
 from radiospine.cli import main
 from radiospine.geometry import voxel_to_patient
 from radiospine.hashing import file_sha256
-from radiospine.io.dicom import read_series_headers
+from radiospine.io.headers import read_series_headers
 from radiospine.labels import load_label_coordinates, load_train_labels
 from radiospine.metrics import score, weighted_prior_predictions
 from radiospine.submission import validate_submission

@@ -1,6 +1,6 @@
 """Write DICOM MR images: single-frame MR Image Storage files, explicit VR little endian, uint16 pixels.
 
-Used by the synthetic study generator (:mod:`radiospine.synth`); like :mod:`radiospine.io.dicom` it lives in
+Used by the synthetic study generator (:mod:`radiospine.synth`); like the readers it lives in
 :mod:`radiospine.io`, the only package that imports pydicom. Geometry tags follow :mod:`radiospine.geometry`:
 ImagePositionPatient is the LPS mm of the centre of pixel (row 0, column 0), ImageOrientationPatient the row
 direction (along which the column index grows) then the column direction, PixelSpacing ``[row spacing, column

@@ -343,10 +343,11 @@ def cut_rois(rois: Sequence[Roi], stacks_by_series: Mapping[int, Sequence], conf
              failures: list[RoiFailure] | None = None) -> list[RoiCrop]:
     """Decode the slices each ROI needs (``load_volume(stack, slice(a, b))``, once per range) and cut them.
 
-    ``stacks_by_series`` must hold header-only ``SeriesStack`` s from :func:`radiospine.io.dicom.read_series_headers`.
+    ``stacks_by_series`` must hold header-only ``SeriesStack`` s from :func:`radiospine.io.headers.read_series_headers`.
     A failure is appended to ``failures`` (or raised as :class:`RoiError` when it is ``None``).
     """
-    from radiospine.io.dicom import DicomReadError, load_volume
+    from radiospine.io.decode import load_volume
+    from radiospine.io.headers import DicomReadError
 
     decoded: dict[tuple[int, int, int, int], np.ndarray] = {}
     crops = []
@@ -374,7 +375,7 @@ def read_study_stacks(data_dir: str | Path, split: str, study_id: int, series_id
     A series that cannot be read is left out; its reason goes to ``failures_by_series`` (or is raised as
     :class:`RoiError` when that is ``None``).
     """
-    from radiospine.io.dicom import DicomReadError, read_series_headers
+    from radiospine.io.headers import DicomReadError, read_series_headers
 
     stacks: dict[int, list] = {}
     for series_id in series_ids:

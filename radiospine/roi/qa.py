@@ -30,7 +30,7 @@ SIDE_MARK = {"left": "L", "right": "R", None: ""}
 def roi_qa_picture(data_dir: str | Path, split: str, study_id: int, coords: pd.DataFrame, config: RoiConfig,
                    out: str | Path, *, max_panels: int = 6) -> Path:
     """Draw the study's ROIs (placed from ``coords``) on its series and save a PNG at ``out``."""
-    from radiospine.io.dicom import load_volume
+    from radiospine.io.decode import load_volume
 
     study_id = int(study_id)
     rows = coords[coords["study_id"] == study_id]

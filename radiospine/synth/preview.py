@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 
 from radiospine import vocab
 from radiospine.catalog import load_series_descriptions, series_dir
-from radiospine.io.dicom import SeriesStack, load_volume, read_series_headers
+from radiospine.io.decode import load_volume
+from radiospine.io.headers import read_series_headers
+from radiospine.io.stacks import SeriesStack
 from radiospine.labels import load_label_coordinates, load_train_labels
 
 _SEVERITY_COLOURS = ("#3ddc84", "#ffb000", "#ff3030", "#9aa0a6")  # normal/mild, moderate, severe, unknown

@@ -1,6 +1,6 @@
 """The localiser's data: one study's series and label points, and the resampled training stacks.
 
-Stacks are header-only ``SeriesStack`` s (:func:`radiospine.io.dicom.read_series_headers`); slices are decoded only
+Stacks are header-only ``SeriesStack`` s (:func:`radiospine.io.headers.read_series_headers`); slices are decoded only
 when a grid is resampled (:func:`load_normalised`). Points are LPS mm (:mod:`radiospine.geometry`).
 """
 
@@ -18,7 +18,9 @@ from radiospine import vocab
 from radiospine.catalog import Catalog
 from radiospine.config import LocalizerConfig
 from radiospine.geometry import coordinate_to_patient, find_stack, slice_index_of_instance, slice_plane_distances
-from radiospine.io.dicom import DicomReadError, SeriesStack, load_volume, read_series_headers
+from radiospine.io.decode import load_volume
+from radiospine.io.headers import DicomReadError, read_series_headers
+from radiospine.io.stacks import SeriesStack
 from radiospine.roi.cut import normalise_intensity
 from radiospine.roi.localizer.grids import (
     AXIAL_CHANNELS,

@@ -27,7 +27,7 @@ from radiospine.geometry import (
     slice_plane_distances,
     voxel_to_patient,
 )
-from radiospine.io.dicom import SeriesStack
+from radiospine.io.stacks import SeriesStack
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
 from radiospine.roi.localizer.data import StudySeries, load_normalised, read_study_series
 from radiospine.roi.localizer.grids import (

@@ -9,6 +9,8 @@
 * :func:`write_synthetic_series`: ``root/<study_id>/<series_id>/`` holding one stack.
 * :func:`oblique_orientation`: ImageOrientationPatient of a tilted axial or sagittal plane.
 * :func:`graft_enhanced_geometry`: copy a real multi-frame file, adding Enhanced MR per-frame geometry.
+* :func:`rewrite_frame`: copy a real compressed single-frame file, changing its encoded frame (fault injection);
+  :func:`break_as_rle`: re-encode a file as RLE that the header scan takes but pylibjpeg-rle panics on.
 
 Geometry conventions are radiospine's (see ``radiospine/io/volume.py``): LPS mm, PixelSpacing ``[row, col]``.
 """
@@ -16,6 +18,8 @@ Geometry conventions are radiospine's (see ``radiospine/io/volume.py``): LPS mm,
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +27,8 @@ from typing import Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
 #: Folder of the test files shipped inside pydicom (MR_small*.dcm, MR_truncated.dcm ...).
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -307,3 +312,53 @@ def graft_enhanced_geometry(
     pydicom.dcmwrite(buffer, ds, implicit_vr=implicit_vr, little_endian=little_endian)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     Path(destination).write_bytes(buffer.getvalue() + pixel_bytes)
+
+
+def rewrite_frame(
+    source: Path,
+    destination: Path,
+    transform: Callable[[bytes, Dataset], bytes] | None = None,
+    *,
+    add_geometry: bool = False,
+) -> Path:
+    """Copy a real single-frame compressed file, its encoded frame replaced by ``transform(frame, dataset)``.
+
+    The new frame is padded to an even length with one 0x00 and encapsulated again (empty basic offset table).
+    ``add_geometry``: give a file without an image plane (pydicom's NM and JPEG-LS test files) an axial one:
+    ImagePositionPatient (0, 0, 0), ImageOrientationPatient :data:`AXIAL`, PixelSpacing 1 x 1 mm and
+    InstanceNumber 1 where it has none, so that the header scan takes it. Returns ``destination``.
+    """
+    ds = pydicom.dcmread(source)
+    if transform is not None:
+        frame = transform(get_frame(ds.PixelData, 0, number_of_frames=1), ds)
+        ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
+        ds["PixelData"].is_undefined_length = True
+    if add_geometry:
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.ImageOrientationPatient = list(AXIAL)
+        ds.PixelSpacing = [1.0, 1.0]
+        if ds.get("InstanceNumber") in (None, ""):
+            ds.InstanceNumber = 1
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(destination)
+    return Path(destination)
+
+
+def rle_first_segment_too_long(frame: bytes, ds: Dataset) -> bytes:
+    """An RLE frame (PS3.5 G.5) whose first segment decodes to 8 x 128 bytes more than Rows x Columns (replicate
+    runs of 128 zeros); the header stays consistent and the other segments are kept. pylibjpeg-rle panics on it
+    (pyo3's ``PanicException``, a ``BaseException``)."""
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    first = b"\x81\x00" * (int(ds.Rows) * int(ds.Columns) // 128 + 8)
+    rest = frame[offsets[1] :] if count > 1 else b""
+    shifted = [64 + len(first) + offset - offsets[1] for offset in offsets[1:count]]
+    return struct.pack("<16L", count, 64, *shifted, *[0] * (14 - len(shifted))) + first + rest
+
+
+def break_as_rle(path: Path) -> None:
+    """Re-encode the file at ``path`` as RLE Lossless with :func:`rle_first_segment_too_long` applied: its header
+    scan passes, decoding it fails."""
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    rewrite_frame(path, path, rle_first_segment_too_long)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,14 @@ import pytest
 from dicom_factory import (
     AXIAL,
     SAGITTAL,
+    break_as_rle,
     graft_enhanced_geometry,
     make_mr_dataset,
     oblique_orientation,
     pydicom_data_file,
     pydicom_test_file,
+    rewrite_frame,
+    rle_first_segment_too_long,
     write_synthetic_series,
     write_synthetic_stack,
 )
@@ -575,15 +580,251 @@ def test_the_header_scan_decodes_no_pixels(tmp_path, monkeypatch):
 
 
 def test_a_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
-    """JPEG-LS decodes here through pylibjpeg (pylibjpeg-libjpeg); without a plugin the error says what to install."""
+    """JPEG-LS decodes here through pyjpegls and pylibjpeg; without a plugin the error says what to install."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLSLossless
 
     (stack,) = read_series_headers(copy_into_series(tmp_path, pydicom_test_file("MR_small_jpeg_ls_lossless.dcm")))
     decoder = get_decoder(JPEGLSLossless)
-    assert "pylibjpeg" in decoder.available_plugins
+    assert {"pyjpegls", "pylibjpeg"} <= set(decoder.available_plugins)
     monkeypatch.setattr(decoder, "_available", {})  # pydicom's registry of importable plugins: none left
 
     with pytest.raises(DicomReadError, match=r"MR_small_jpeg_ls_lossless\.dcm: no installed pixel data handler.*"
-                       r"JPEG-LS Lossless Image Compression.*install pylibjpeg, pylibjpeg-libjpeg"):
+                       r"JPEG-LS Lossless Image Compression.*install pyjpegls, pylibjpeg, pylibjpeg-libjpeg"):
         load_volume(stack)
+
+
+# --- JPEG-LS -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm"])
+def test_real_jpeg_ls_near_lossless_files(tmp_path, name):
+    """pydicom's near-lossless JPEG-LS files (8 and 16 bit; given an image plane): CharLS and libjpeg agree."""
+    from pydicom.pixels import pixel_array
+
+    source = rewrite_frame(pydicom_test_file(name), tmp_path / "source" / name, add_geometry=True)
+    volume = read_volume(copy_into_series(tmp_path, source))
+
+    by_charls = pixel_array(source, decoding_plugin="pyjpegls")
+    np.testing.assert_array_equal(by_charls, pixel_array(source, decoding_plugin="pylibjpeg"))
+    assert volume.shape == (1, *by_charls.shape)
+    assert np.ptp(by_charls) > 0
+    np.testing.assert_array_equal(volume.voxels[0], by_charls.astype(np.float32))
+
+
+# --- damaged files: no decoder ends a run --------------------------------------------------------------------------
+
+def _random_bytes(n: int) -> bytes:
+    return np.random.default_rng(18).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def garbage_stream(frame: bytes, ds) -> bytes:
+    """The codestream's first marker (SOI / SOC), random bytes, the end marker (FFD9)."""
+    return frame[:2] + _random_bytes(len(frame) - 4) + b"\xff\xd9"
+
+
+def garbage_after_the_scan_header(frame: bytes, ds) -> bytes:
+    """JPEG / JPEG-LS markers up to the end of the start-of-scan segment (FFDA) intact, then random scan data."""
+    sos = frame.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", frame[sos + 2 : sos + 4])
+    head = frame[: sos + 2 + length]
+    return head + _random_bytes(len(frame) - len(head) - 2) + b"\xff\xd9"
+
+
+def cut_in_half(frame: bytes, ds) -> bytes:
+    return frame[: len(frame) // 2]
+
+
+def cut_in_half_with_end_marker(frame: bytes, ds) -> bytes:
+    return frame[: len(frame) // 2] + b"\xff\xd9"
+
+
+def _rle_segments(frame: bytes) -> list[bytes]:
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    bounds = [*offsets[:count], len(frame)]
+    return [frame[begin:end] for begin, end in itertools.pairwise(bounds)]
+
+
+def _rle_frame(segments: list[bytes], count: int | None = None, offsets: list[int] | None = None) -> bytes:
+    if offsets is None:
+        offsets = [64 + sum(len(s) for s in segments[:i]) for i in range(len(segments))]
+    count = len(segments) if count is None else count
+    return struct.pack("<16L", count, *offsets, *[0] * (15 - len(offsets))) + b"".join(segments)
+
+
+def rle_offset_past_the_end(frame: bytes, ds) -> bytes:
+    segments = _rle_segments(frame)
+    return _rle_frame(segments, offsets=[64, len(frame) + 4000])
+
+
+def rle_count_says_3(frame: bytes, ds) -> bytes:
+    return _rle_frame(_rle_segments(frame), count=3, offsets=[64, 64 + len(_rle_segments(frame)[0]), 0])
+
+
+def rle_count_says_1(frame: bytes, ds) -> bytes:
+    segments = _rle_segments(frame)
+    return _rle_frame(segments, count=1, offsets=[64, 64 + len(segments[0])])
+
+
+def rle_run_across_the_end(frame: bytes, ds) -> bytes:
+    """The last segment ends with a run that starts on its last byte and goes 127 bytes past the end."""
+    n = int(ds.Rows) * int(ds.Columns)
+    head = b"\x81\x00" * ((n - 1) // 128) + b"\x00\x00" * ((n - 1) % 128)  # n - 1 bytes
+    return _rle_frame([_rle_segments(frame)[0], head + b"\x81\x00"])
+
+
+DECODER_FAULTS = [
+    # (source file, needs an image plane, fault, what the recorded reason says)
+    ("MR_small_RLE.dcm", False, rle_offset_past_the_end, r"damaged RLE header \(its segment offsets \[64, \d+\] do"),
+    ("MR_small_RLE.dcm", False, rle_count_says_3, r"damaged RLE header \(it announces 3 segments .* needs 2\)"),
+    ("MR_small_RLE.dcm", False, rle_count_says_1, r"damaged RLE header \(it announces 1 segments .* needs 2\)"),
+    ("MR_small_RLE.dcm", False, rle_first_segment_too_long, r"cannot be decoded \(PanicException: index out of bounds"),
+    ("MR_small_RLE.dcm", False, rle_run_across_the_end, r"cannot be decoded \(PanicException: index out of bounds"),
+    ("JPGExtended.dcm", True, garbage_stream, r"JPEG Extended.* cannot be decoded \(RuntimeError"),
+    ("JPGExtended.dcm", True, cut_in_half, r"does not end with the end-of-image marker"),
+    ("JPEG-LL.dcm", True, garbage_stream, r"JPEG Lossless.* cannot be decoded \(RuntimeError"),
+    ("MR_small_jp2klossless.dcm", False, garbage_stream, r"JPEG 2000 .* cannot be decoded \(RuntimeError"),
+    ("MR_small_jp2klossless.dcm", False, cut_in_half, r"does not end with the end-of-image marker"),
+    ("MR_small_jpeg_ls_lossless.dcm", False, garbage_stream, r"JPEG-LS .* cannot be decoded \(RuntimeError"),
+    ("MR_small_jpeg_ls_lossless.dcm", False, cut_in_half, r"does not end with the end-of-image marker"),
+    # pylibjpeg-libjpeg decodes these two to an image without an error; CharLS refuses them
+    ("MR_small_jpeg_ls_lossless.dcm", False, garbage_after_the_scan_header, r"cannot be decoded.*pyjpegls: Decoding"),
+    ("MR_small_jpeg_ls_lossless.dcm", False, cut_in_half_with_end_marker, r"cannot be decoded.*pyjpegls: Decoding"),
+    ("JPEGLSNearLossless_16.dcm", True, cut_in_half_with_end_marker, r"cannot be decoded.*pyjpegls: Decoding"),
+]
+
+
+def _source_file(name: str) -> Path:
+    try:
+        return pydicom_test_file(name)
+    except FileNotFoundError:
+        return pydicom_data_file(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "add_geometry", "fault", "reason"), DECODER_FAULTS,
+    ids=[f"{name}-{fault.__name__}" for name, _, fault, _ in DECODER_FAULTS],
+)
+def test_damaged_pixel_data_is_a_read_error_naming_the_file(tmp_path, name, add_geometry, fault, reason):
+    """Damage the header scan cannot see (it reads no pixel data): load_volume raises DicomReadError naming the
+    file, which callers record; never another exception (a decoder's native panic included)."""
+    damaged = rewrite_frame(_source_file(name), tmp_path / "source" / name, fault, add_geometry=add_geometry)
+    (stack,) = read_series_headers(copy_into_series(tmp_path, damaged), strict=True)
+
+    with pytest.raises(DicomReadError, match=rf"{name}: .*{reason}") as info:
+        load_volume(stack)
+    assert str(tmp_path / "7" / "8" / name) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "JPGExtended.dcm", "JPEG-LL.dcm", "JPEGLSNearLossless_16.dcm"])
+def test_the_fault_injection_sources_load_when_undamaged(tmp_path, name):
+    """The files damaged above load when left intact (so each fault, not the source, makes the failure)."""
+    source = rewrite_frame(_source_file(name), tmp_path / "source" / name, add_geometry=name != "MR_small_RLE.dcm")
+    volume = read_volume(copy_into_series(tmp_path, source))
+    np.testing.assert_array_equal(volume.voxels[0], pydicom.dcmread(source).pixel_array.astype(np.float32))
+
+
+class _NativePanic(BaseException):
+    """Stands for pyo3's PanicException: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize("raised", [_NativePanic("decoder panicked"), MemoryError("no memory"), ValueError("bad")])
+def test_whatever_a_decoder_raises_becomes_a_read_error(tmp_path, monkeypatch, raised):
+    (stack,) = read_series_headers(copy_into_series(tmp_path, pydicom_test_file("MR_small.dcm")))
+
+    def failing_decoder(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(decode, "iter_pixels", failing_decoder)
+    with pytest.raises(DicomReadError, match=rf"MR_small\.dcm: .* cannot be decoded \({type(raised).__name__}: "):
+        load_volume(stack)
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), SystemExit(3), GeneratorExit()])
+def test_requests_to_stop_pass_through_the_decoder_guard(tmp_path, monkeypatch, raised):
+    (stack,) = read_series_headers(copy_into_series(tmp_path, pydicom_test_file("MR_small.dcm")))
+
+    def interrupted_decoder(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(decode, "iter_pixels", interrupted_decoder)
+    with pytest.raises(type(raised)):
+        load_volume(stack)
+
+
+def _deflated_mr_file(path: Path) -> bytes:
+    """A deflated MR file at ``path``; returns its bytes."""
+    ds = make_mr_dataset(
+        np.arange(24 * 40, dtype=np.int16).reshape(24, 40),
+        position_lps=(0, 0, 40.0),
+        orientation=AXIAL,
+        pixel_spacing=(0.5, 0.8),
+        instance_number=2000,
+        series_uid="1.2.3",
+        study_uid="1.2",
+    )
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_deflated_files_load(tmp_path):
+    """Regression: pydicom's iter_pixels does not inflate a deflated file, so none loaded ("no Pixel Data")."""
+    series_dir = tmp_path / "1" / "2"
+    series_dir.mkdir(parents=True)
+    _deflated_mr_file(series_dir / "2000.dcm")
+    volume = read_volume(series_dir)
+    np.testing.assert_array_equal(volume.voxels[0], np.arange(24 * 40).reshape(24, 40))
+
+    real = rewrite_frame(pydicom_test_file("image_dfl.dcm"), tmp_path / "real" / "image_dfl.dcm", add_geometry=True)
+    assert pydicom.dcmread(real).file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    volume = read_volume(copy_into_series(tmp_path, real))
+    np.testing.assert_array_equal(volume.voxels[0], pydicom.dcmread(real).pixel_array.astype(np.float32))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_a_deflated_file_that_does_not_inflate_is_skipped_naming_it(tmp_path, damage, caplog):
+    """Regression: zlib's error escaped the header scan (it was not a DicomReadError) and ended the run."""
+    truth = write_synthetic_series(tmp_path, instance_order="ascending")
+    path = truth.series_dir / "2000.dcm"
+    data = _deflated_mr_file(path)
+    meta_end = 132 + 12 + pydicom.dcmread(path, stop_before_pixels=True).file_meta.FileMetaInformationGroupLength
+    deflated = data[meta_end:]
+    path.write_bytes(data[:meta_end] + (_random_bytes(len(deflated)) if damage == "garbage" else
+                                        deflated[: len(deflated) // 2]))
+
+    with caplog.at_level(logging.WARNING, logger="radiospine.io.headers"):
+        (stack,) = read_series_headers(truth.series_dir)
+    assert stack.instance_numbers.tolist() == truth.instance_numbers.tolist()
+    (skipped,) = stack.skipped_files
+    assert skipped.path == path
+    assert f"{path}: its deflated dataset cannot be inflated (zlib: Error" in skipped.reason
+    assert "2000.dcm" in caplog.text
+    with pytest.raises(DicomReadError, match=r"2000\.dcm: its deflated dataset cannot be inflated"):
+        read_series_headers(truth.series_dir, strict=True)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"])
+def test_native_pixel_data_cut_short_is_skipped_naming_the_file(tmp_path, name):
+    series_dir = copy_into_series(tmp_path, pydicom_test_file(name), pydicom_test_file("MR_small_jp2klossless.dcm"))
+    path = series_dir / name
+    path.write_bytes(path.read_bytes()[:-300])
+
+    (stack,) = read_series_headers(series_dir)
+    assert [s.path.name for s in stack.slices] == ["MR_small_jp2klossless.dcm"]
+    (skipped,) = stack.skipped_files
+    assert skipped.path == path
+    assert skipped.reason.startswith(f"{path} is truncated: it holds ")
+    assert "of the 8192 bytes of pixel data its header announces" in skipped.reason
+
+
+def test_one_damaged_slice_leaves_the_rest_of_the_stack_loadable(tmp_path):
+    """A slice whose RLE data panics the decoder: ranges without it load; ranges with it fail naming it."""
+    truth = write_synthetic_series(tmp_path, instance_order="ascending", n_slices=6)
+    bad_path = truth.paths[4]
+    break_as_rle(bad_path)
+
+    (stack,) = read_series_headers(truth.series_dir, strict=True)
+    np.testing.assert_array_equal(load_volume(stack, slice(0, 4)).voxels, truth.expected_voxels[:4])
+    np.testing.assert_array_equal(load_volume(stack, slice(5, 6)).voxels, truth.expected_voxels[5:])
+    with pytest.raises(DicomReadError, match=rf"{bad_path}: .*cannot be decoded \(PanicException"):
+        load_volume(stack, slice(3, 6))

@@ -236,3 +236,32 @@ def test_crops_for_study_from_dicom_files(tmp_path) -> None:
     with pytest.raises(RoiError, match="series 99"):
         crops_for_study(tmp_path, "train", 7, coords, config, strict=True)
     assert len(crops_for_study(tmp_path, "train", 7, coords, config)) == 5  # failures logged, crops returned
+
+
+def test_a_slice_that_cannot_be_decoded_fails_its_rois_only(tmp_path) -> None:
+    """One file of a sagittal series makes its decoder panic: the ROIs that need it are recorded failures naming
+    the file; the study's other ROIs are cut."""
+    from dicom_factory import SAGITTAL, break_as_rle, write_synthetic_stack
+
+    from radiospine.roi.cut import RoiFailure, crops_for_study
+
+    truth = write_synthetic_stack(tmp_path / "train_images" / "7" / "70", n_slices=9, rows=120, cols=100,
+                                  pixel_spacing=(0.9, 0.8), orientation=SAGITTAL,
+                                  first_position_lps=(16.0, -40.0, 60.0), slice_step_mm=4.0,
+                                  description="Sagittal T2/STIR", instance_order="ascending")
+    broken = truth.paths[6]  # slice 6 along the normal
+    break_as_rle(broken)
+    coords = coords_frame([
+        dict(study_id=7, series_id=70, instance_number=int(truth.instance_numbers[k]), condition=vocab.SPINAL,
+             level=level, x=40.0, y=y)
+        for k, level, y in [(2, "l1_l2", 40.0), (6, "l2_l3", 66.0), (7, "l3_l4", 90.0)]
+    ])
+    failures: list[RoiFailure] = []
+    crops = crops_for_study(tmp_path, "train", 7, coords, RoiConfig(pixel_mm=0.5, neighbour_slices=1),
+                            failures=failures)
+
+    assert [(c.roi.level, c.roi.slice_indices) for c in crops] == [("l1_l2", (1, 2, 3))]
+    reasons = {f.level: f.reason for f in failures if f.view == "sagittal_t2" and f.reason != NO_COORDINATE}
+    assert sorted(reasons) == ["l2_l3", "l3_l4"]  # slices 5-7 and 6-8 hold the broken slice 6
+    for reason in reasons.values():
+        assert reason.startswith(f"{broken}: its pixel data (RLE Lossless) cannot be decoded (PanicException")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Explicit-VR value representations whose element header has a 4-byte length after 2 reserved bytes.
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 #: What pydicom raises on a damaged header, while reading it or when a value is first converted.
-DAMAGED_HEADER_ERRORS = (
+_DAMAGED_HEADER_ERRORS = (
     OSError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
     struct.error, BytesLengthException,
 )
@@ -194,7 +195,8 @@ def _read_file_header(path: Path) -> _FileHeader:
     """Parse one file up to (not into) its pixel data; check what loading will need. Raises DicomReadError.
 
     A damaged header makes pydicom raise many kinds of errors, when reading or when a value is first used
-    (unknown VR, odd byte counts, undecodable text ...): all of them become a DicomReadError naming the file.
+    (unknown VR, odd byte counts, undecodable text, a deflated dataset that does not inflate ...): all of them
+    become a DicomReadError naming the file.
     """
     try:
         return _parse_file_header(path)
@@ -205,7 +207,12 @@ def _read_file_header(path: Path) -> _FileHeader:
             f"{path} is not a DICOM file ({one_line(exc)}): remove it from the series folder or replace it with the "
             "exported DICOM instance"
         ) from exc
-    except DAMAGED_HEADER_ERRORS as exc:
+    except zlib.error as exc:
+        raise DicomReadError(
+            f"{path}: its deflated dataset cannot be inflated (zlib: {one_line(exc)}); the file is truncated or "
+            f"damaged: {FIX_DAMAGED}"
+        ) from exc
+    except _DAMAGED_HEADER_ERRORS as exc:
         raise DicomReadError(
             f"{path}: the DICOM header cannot be parsed ({type(exc).__name__}: {one_line(exc)}); the file is damaged: "
             f"{FIX_DAMAGED}"

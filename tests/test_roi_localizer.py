@@ -4,6 +4,7 @@ training run (with out-of-fold points), its coordinates file, the crop export an
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,54 @@ def test_localiser_trains_localises_and_its_points_feed_the_roi_stage(data_dir: 
     assert main(["roi-qa", "--data", str(data_dir), "--split", "test", "--work", str(work), "--study",
                  str(study_id), "--out", str(picture), "--coords", str(out)]) == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_files_that_cannot_be_decoded_do_not_end_localisation(data_dir: Path, tmp_path: Path) -> None:
+    """A study whose main Sagittal T2 stack and whole Axial T2 series hold files that make the RLE decoder panic,
+    localised by an untrained tiny localiser: the 25 points still come, the Sagittal T1 series stands in for the
+    T2 and the problem is recorded naming the file; the axial levels are missing with the reason. Training data
+    from the study leaves the broken stacks out."""
+    import torch
+    from dicom_factory import break_as_rle
+
+    from radiospine.config import LocalizerConfig, RoiConfig
+    from radiospine.roi.localizer.data import training_stacks_for_study
+    from radiospine.roi.localizer.grids import AXIAL_CHANNELS, SAGITTAL_CHANNELS
+    from radiospine.roi.localizer.inference import predict_study
+    from radiospine.roi.localizer.model import Localizer
+    from radiospine.roi.localizer.unet import UNet, UNetSpec
+
+    shutil.copytree(data_dir, tmp_path / "data")
+    catalog = scan(tmp_path / "data", "train")
+    study = next(s for s in (read_study_series(catalog, i) for i in catalog.study_ids)
+                 if {vocab.SAGITTAL_T1, vocab.SAGITTAL_T2, vocab.AXIAL_T2} <= set(s.by_type))
+    t2 = study.main_stack(vocab.SAGITTAL_T2)
+    t1_series = study.main_stack(vocab.SAGITTAL_T1).series_id
+    broken = t2.stack.slices[len(t2.stack.slices) // 2].path
+    break_as_rle(broken)
+    for _, stacks in study.by_type[vocab.AXIAL_T2]:
+        for header in (header for stack in stacks for header in stack.slices):
+            break_as_rle(header.path)
+
+    config = LocalizerConfig(base_channels=4, depth=2, sagittal_grid_px=32, sagittal_grid_mm=10, axial_grid_px=32,
+                             axial_grid_mm=4, device="cpu")
+    nets = [UNet(UNetSpec(in_channels=2 * config.neighbour_slices + 1, out_channels=len(channels), base_channels=4,
+                          depth=2)).eval() for channels in (SAGITTAL_CHANNELS, AXIAL_CHANNELS)]
+    localizer = Localizer(*nets, config, {condition: [0.0, 0.0] for condition in AXIAL_CHANNELS}, torch.device("cpu"))
+    study = read_study_series(catalog, study.study_id)  # the broken files pass the header scan
+    records = predict_study(localizer, study, RoiConfig())
+
+    assert len(records) == 25
+    (problem,) = study.problems
+    assert problem.startswith(f"series {t2.series_id} ({vocab.SAGITTAL_T2}) cannot be decoded: {broken}: ")
+    sagittal = [r for r in records if r["condition"] not in AXIAL_CHANNELS]
+    assert {r["series_id"] for r in sagittal if r["source"] != "missing"} == {t1_series}
+    axial = [r for r in records if r["condition"] in AXIAL_CHANNELS]
+    assert {r["source"] for r in axial} == {"missing"}
+    assert any("cannot be decoded" in r["note"] for r in axial)
+
+    # training data: the broken stacks are left out, the others kept
+    coords = load_label_coordinates(tmp_path / "data" / "train_label_coordinates.csv")
+    kept = training_stacks_for_study(study, coords, config)
+    assert [stack.kind for stack in kept] == ["sagittal"] * (len(study.by_type[vocab.SAGITTAL_T1]) +
+                                                             len(study.by_type[vocab.SAGITTAL_T2]) - 1)

@@ -182,7 +182,10 @@ def _slice_weights(grid: np.ndarray, n_slices: int, points_lps: np.ndarray, sigm
 
 def training_stacks_for_study(study: StudySeries, coords: pd.DataFrame, config: LocalizerConfig
                               ) -> list[TrainingStack]:
-    """Every sagittal stack of a study and an axial slab per labelled level, with their target points."""
+    """Every sagittal stack of a study and an axial slab per labelled level, with their target points.
+
+    A stack or slab holding a file that cannot be decoded is left out (logged); the study keeps the others.
+    """
     points = label_points(study, coords)
     stacks: list[TrainingStack] = []
     sagittal_points = np.full((len(SAGITTAL_CHANNELS), 2, 3), np.nan)
@@ -197,8 +200,13 @@ def training_stacks_for_study(study: StudySeries, coords: pd.DataFrame, config: 
             for _, series_stacks in study.by_type.get(description, []):
                 stack = series_stacks[largest_stack_index(series_stacks)]
                 grid = sagittal_grid(stack, config)
-                images = resample_to_grid(load_normalised(stack, 0, stack.shape[0]), stack.affine, grid,
-                                          config.sagittal_grid_px, config.sagittal_grid_mm)
+                try:
+                    slices = load_normalised(stack, 0, stack.shape[0])
+                except DicomReadError as exc:
+                    log.warning("study %s: %s stack left out of training: %s", study.study_id, description, exc)
+                    continue
+                images = resample_to_grid(slices, stack.affine, grid, config.sagittal_grid_px,
+                                          config.sagittal_grid_mm)
                 stacks.append(TrainingStack(study.study_id, "sagittal", images.astype(np.float16), grid,
                                             sagittal_points, _slice_weights(grid, stack.shape[0], sagittal_points,
                                                                             config.sigma_normal_mm)))
@@ -218,8 +226,12 @@ def training_stacks_for_study(study: StudySeries, coords: pd.DataFrame, config: 
         k = slice_index_of_instance(stack, int(row.instance_number))
         centre = axial_grid_centre(stack, k, canal) if len(canal) else np.nanmean(level_points.reshape(-1, 3), axis=0)
         slab = axial_slab(stack, k, centre, config)
-        images = resample_to_grid(load_normalised(stack, slab.first, slab.stop), stack.affine, slab.grid,
-                                  config.axial_grid_px, config.axial_grid_mm)
+        try:
+            slices = load_normalised(stack, slab.first, slab.stop)
+        except DicomReadError as exc:
+            log.warning("study %s: axial slab of %s left out of training: %s", study.study_id, row.level, exc)
+            continue
+        images = resample_to_grid(slices, stack.affine, slab.grid, config.axial_grid_px, config.axial_grid_mm)
         weights = _slice_weights(slab.grid, slab.stop - slab.first, level_points, config.sigma_normal_mm)
         weights[np.abs(np.arange(slab.first, slab.stop) - k) > AXIAL_SLAB_HALF_WIDTH] = 0.0
         stacks.append(TrainingStack(study.study_id, "axial", images.astype(np.float16), slab.grid, level_points,

@@ -27,6 +27,7 @@ from radiospine.geometry import (
     slice_plane_distances,
     voxel_to_patient,
 )
+from radiospine.io.headers import DicomReadError
 from radiospine.io.stacks import SeriesStack
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
 from radiospine.roi.localizer.data import StudySeries, load_normalised, read_study_series
@@ -194,13 +195,19 @@ def _record(study_id: int, condition: str, level: str, source: str, method: str,
 
 def predict_study(localizer: Localizer, study: StudySeries, roi_config: RoiConfig) -> list[dict]:
     """The 25 points of one study with their provenance (``PROVENANCE_COLUMNS``; ``source`` is ``predicted``,
-    ``fallback`` or ``missing``)."""
+    ``fallback`` or ``missing``). A sagittal series with a file that cannot be decoded is treated as missing
+    (the other sagittal series stands in) and recorded in ``study.problems``."""
     config = localizer.config
     sagittal: dict[str, SagittalPrediction] = {}
     for description in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1):
         main = study.main_stack(description)
         if main is not None:
-            sagittal[description] = _sagittal_prediction(localizer, main.series_id, main.stack)
+            try:
+                sagittal[description] = _sagittal_prediction(localizer, main.series_id, main.stack)
+            except DicomReadError as exc:
+                study.problems.append(f"series {main.series_id} ({description}) cannot be decoded: {exc}")
+                log.warning("study %s: %s series %s cannot be decoded: %s", study.study_id, description,
+                            main.series_id, exc)
     records: list[dict] = []
     canal = _sagittal_points(study, sagittal, vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, config, records,
                              channel_of=lambda level: vocab.LEVELS.index(level), conditions=[vocab.SPINAL],
@@ -280,7 +287,10 @@ def _sagittal_points(study: StudySeries, sagittal: dict[str, SagittalPrediction]
 
 def _axial_points(localizer: Localizer, study: StudySeries, canal: dict[str, np.ndarray], roi_config: RoiConfig
                   ) -> list[dict]:
-    """The subarticular points: the axial slice per level from the canal points, then the axial heatmaps."""
+    """The subarticular points: the axial slice per level from the canal points, then the axial heatmaps.
+
+    A level whose axial slab holds a file that cannot be decoded is ``missing``, the reason in its note.
+    """
     config = localizer.config
     axial = dict(study.by_type.get(vocab.AXIAL_T2, []))
     records: list[dict] = []
@@ -315,7 +325,12 @@ def _axial_points(localizer: Localizer, study: StudySeries, canal: dict[str, np.
         k, n = int(row.slice_index), stack.shape[0]
         slab = axial_slab(stack, k, axial_grid_centre(stack, k, line), config)
         first, grid = slab.first, slab.grid
-        images = resample_to_grid(load_normalised(stack, first, slab.stop), stack.affine, grid, size, pixel_mm)
+        try:
+            slices = load_normalised(stack, first, slab.stop)
+        except DicomReadError as exc:
+            missing(level, f"axial series {int(row.series_id)} cannot be decoded: {exc}")
+            continue
+        images = resample_to_grid(slices, stack.affine, grid, size, pixel_mm)
         candidates = [c for c in (k - 1, k, k + 1) if 0 <= c < n]
         probabilities = predict_heatmaps(localizer.axial, images, [c - first for c in candidates],
                                          config.neighbour_slices, localizer.device)

@@ -189,7 +189,7 @@ def read_series_headers(
 
 
 
-# --- reading one file's header ---------------------------------------------------------------------------------
+# --- reading one file's header ----------------------------------------------------------------------------------------
 
 def _read_file_header(path: Path) -> _FileHeader:
     """Parse one file up to (not into) its pixel data; check what loading will need. Raises DicomReadError.
@@ -463,7 +463,7 @@ def _sop_class_text(ds: Dataset) -> str:
     return f" (SOP class {UID(str(sop_class)).name})"
 
 
-# --- folders and ids ---------------------------------------------------------------------------------------------
+# --- folders and ids --------------------------------------------------------------------------------------------------
 
 def _id_from_folder(given: int | None, folder: Path, name: str, series_dir: Path) -> int:
     if given is not None:

@@ -173,7 +173,7 @@ class SeriesStack:
         return tuple(s.path for s in self.slices)
 
 
-# --- splitting slices into stacks ----------------------------------------------------------------------------------
+# --- splitting slices into stacks -------------------------------------------------------------------------------------
 
 def split_into_stacks(
     series_uid_of: Mapping[SliceHeader, str], orientation_tolerance_deg: float, gap_factor: float

@@ -10,12 +10,13 @@ here) or order slices (:mod:`radiospine.io.stacks`).
 
 Bad files: skipped and recorded, unless ``strict``
 --------------------------------------------------
-A ``*.dcm`` file that cannot be used (not DICOM, header unreadable, truncated pixel data, no pixel data,
-a missing geometry tag, a pixel data length that does not match Rows x Columns ...) is **skipped**: it is
-logged as a warning and recorded, with the reason, in ``SeriesStack.skipped_files`` of every stack of the
-series, so a run over thousands of studies goes on with the good files and the user is told about the bad
-one. ``strict=True`` raises :class:`DicomReadError` at the first bad file instead. A folder with no usable
-file at all raises :class:`DicomReadError` listing the reasons. Files not named ``*.dcm`` are ignored.
+A ``*.dcm`` file that cannot be used (not DICOM, header unreadable, a deflated dataset that does not inflate,
+truncated pixel data, no pixel data, a missing geometry tag, a pixel data length that does not match Rows x
+Columns ...) is **skipped**: it is logged as a warning and recorded, with the reason, in
+``SeriesStack.skipped_files`` of every stack of the series, so a run over thousands of studies goes on with the
+good files and the user is told about the bad one. ``strict=True`` raises :class:`DicomReadError` at the first
+bad file instead. A folder with no usable file at all raises :class:`DicomReadError` listing the reasons. Files
+not named ``*.dcm`` are ignored.
 
 The header scan reads no pixel data, so it cannot see everything (damaged compressed data, a file changed
 after the scan): :func:`radiospine.io.decode.load_volume` raises :class:`DicomReadError` naming the file when

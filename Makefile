@@ -77,7 +77,7 @@ demo: $(STAMP)
 	@test -f $(DATA)/truth/manifest.json || $(MAKE) --no-print-directory synth CONFIG=$(CONFIG)
 	@test -f $(WORK)/localizer/localizer.json || $(MAKE) --no-print-directory train-localizer CONFIG=$(CONFIG)
 	$(MAKE) --no-print-directory train-gbm predict report CONFIG=$(CONFIG)
-	@$(PY) -m pipelines.demo_summary --data $(DATA) --submission $(SUBMISSION) --report $(REPORT)
+	@$(RS) demo-summary --data $(DATA) --submission $(SUBMISSION) --report $(REPORT)
 
 # The whole pipeline on 200 + 100 synthetic studies at real image sizes (generated into BENCH_DATA the first time,
 # about 10 GB), timed and scored, and the feature stage against a naive loop -> reports/bench.json, reports/bench.md.

@@ -43,6 +43,7 @@ from radiospine.features.driver import compute_features
 from radiospine.features.radiomics import RadiomicsExtractor, quiet_pyradiomics
 from radiospine.features.stage import RoiCutter
 from radiospine.features.store import FeatureStore
+from radiospine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,8 @@ def naive_loop(cutter: RoiCutter, study_ids: list[int], params_path: Path, read:
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    from radiospine.roi.cut import RoiError, cut_roi, normalise_intensity, place_rois, read_study_stacks
+    from radiospine.errors import RoiError
+    from radiospine.roi.cut import cut_roi, normalise_intensity, place_rois, read_study_stacks
 
     with quiet_pyradiomics():
         extractor = featureextractor.RadiomicsFeatureExtractor(str(params_path))
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     extractor = RadiomicsExtractor(params, slice_mean=config.features.radiomics.slice_mean)
 
     with tempfile.TemporaryDirectory() as work:
-        store = FeatureStore(Path(work) / "features" / "train")
+        store = FeatureStore(Workspace(work).features_dir("train"))
         with TreeMonitor() as ours_monitor:
             start = time.perf_counter()
             compute_features(study_ids, cutter, [extractor], store, config=config.features, jobs=args.jobs,

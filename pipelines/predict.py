@@ -1,91 +1,11 @@
-"""`radiospine predict --data DIR --split test --work WORK --out submission.csv`: the submission.
+"""`python pipelines/predict.py ARGS` equals `radiospine predict ARGS`.
 
-Runs, for the split's studies: the localiser (``WORK/localizer`` from ``radiospine train-localizer``) -> the
-feature stage (``WORK/features/<split>``) -> the trained models (``WORK/models`` from ``radiospine train-gbm``)
--> a submission with every row of every study. Rows the models cannot predict (a study with a missing or
-unreadable series, so no ROI and no features for that condition and level) are filled from the training prior;
-the run prints which studies and rows and why, and writes them to ``<out>.filled.csv``.
+Not installed: an entry point for people working in a clone; the runner is radiospine.stages.predict.
 """
 
-from __future__ import annotations
+import sys
 
-import argparse
-import json
-import time
-from pathlib import Path
+from radiospine.cli import main
 
-from radiospine.catalog import SPLITS
-from radiospine.config import add_config_arguments, config_from_arguments
-from radiospine.threads import add_threads_argument
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="data folder in the Kaggle layout")
-    parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--work", required=True, help="work folder with WORK/localizer and WORK/models")
-    parser.add_argument("--out", required=True, help="the submission CSV to write")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
-    parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_threads_argument(parser)
-    add_config_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from pipelines.train_gbm import PRIOR_FILE, models_dir
-    from radiospine import artifacts
-    from radiospine.features.base import KEY_COLUMNS
-    from radiospine.features.columns import is_status_column
-    from radiospine.features.driver import features_dir
-    from radiospine.features.stage import run_features_stage
-    from radiospine.features.store import read_features
-    from radiospine.models.condition_models import TrainedModels
-    from radiospine.roi.localizer.stage import localize
-    from radiospine.submission import build_submission, study_ids_of_split, write_submission
-
-    config = config_from_arguments(args)
-    data, work, out = Path(args.data), Path(args.work), Path(args.out)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    models = TrainedModels.load(models_dir(work))
-    prior = pd.read_csv(models_dir(work) / PRIOR_FILE)
-    study_ids = study_ids_of_split(data, args.split)
-    timings["load"] = time.perf_counter() - started
-
-    step = time.perf_counter()
-    localized = localize(data, args.split, work, config.roi, device=config.localizer.device,
-                         threads=args.threads)
-    timings["localize"] = time.perf_counter() - step
-
-    step = time.perf_counter()
-    run_features_stage(data, args.split, work, config, jobs=args.jobs, scheduler=args.scheduler,
-                       progress=not args.no_progress)
-    features = read_features(features_dir(work, args.split))
-    timings["features"] = time.perf_counter() - step
-
-    step = time.perf_counter()
-    completed, filled = models.predict_studies(features, study_ids, prior)
-    status_columns = [c for c in features.columns if is_status_column(c)]
-    submission = build_submission(completed, study_ids)
-    write_submission(submission, out, expected_study_ids=study_ids)
-    timings["predict"] = time.perf_counter() - step
-
-    if len(filled):
-        filled = filled.merge(features[[*KEY_COLUMNS, *status_columns]], on=list(KEY_COLUMNS), how="left")
-        with artifacts.atomic_path(out.with_name(f"{out.stem}.filled.csv")) as tmp:
-            filled.to_csv(tmp, index=False)
-        by_study = filled.groupby("study_id").size()
-        print(f"{len(filled)} row(s) of {len(by_study)} study(ies) filled from the training prior "
-              f"(no usable ROI features); details in {out.with_name(f'{out.stem}.filled.csv')}:")
-        for study_id, group in filled.groupby("study_id"):
-            reason = next((str(v) for v in group[status_columns].iloc[0] if isinstance(v, str)), "no feature row")
-            print(f"  study {study_id}: {len(group)} row(s): {reason}")
-    summary = {"submission": str(out), "rows": len(submission), "studies": len(study_ids),
-               "rows_from_prior": len(filled), "localizer": {k: localized.get(k) for k in ("fallback_points",
-                                                                                               "missing_points")
-                                                                    if k in localized},
-               "seconds": {k: round(v, 1) for k, v in timings.items()}}
-    print(json.dumps(summary, default=str))
-    return 0
+if __name__ == "__main__":
+    sys.exit(main(["predict", *sys.argv[1:]]))

@@ -1,47 +1,11 @@
-"""`radiospine score --labels train.csv --pred submission.csv [--renormalise]`: the competition metric and its parts.
+"""`python pipelines/score.py ARGS` equals `radiospine score ARGS`.
 
-Scores the file as the leaderboard does (:mod:`radiospine.metrics`): rows that do not sum to 1 are scored as
-submitted (clipped and renormalised inside each condition part, the raw ``severe`` taken for
-``any_severe_spinal``), with a warning on stderr naming them; ``--renormalise`` divides every row by its sum first
-(the tolerant variant, not the leaderboard's number for such a file). NaN, infinite or negative values are refused
-(exit code 2, naming the rows).
-
-Prints one line per part, then, as the last line of stdout, one JSON object with the keys spinal,
-foraminal, subarticular, any_severe_spinal and score.
+Not installed: an entry point for people working in a clone; the runner is radiospine.stages.score.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 
-from radiospine.csvio import summarize_items
-from radiospine.labels import load_train_labels
-from radiospine.metrics import score, unnormalised_rows
-from radiospine.submission import ROW_SUM_TOLERANCE, read_submission
+from radiospine.cli import main
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels", required=True, help="labels in train.csv's layout (study_id + 25 columns)")
-    parser.add_argument("--pred", required=True, help="submission CSV: row_id,normal_mild,moderate,severe")
-    parser.add_argument("--renormalise", action="store_true",
-                        help="divide every row by its sum before scoring (tolerant; off by default, because the "
-                             "leaderboard scores rows that do not sum to 1 as they are)")
-
-
-def run(args: argparse.Namespace) -> int:
-    predictions = read_submission(args.pred)
-    result = score(load_train_labels(args.labels), predictions, renormalise=args.renormalise)
-    off = unnormalised_rows(predictions)
-    if off:
-        how = ("divided by their sums first (--renormalise): this is not the leaderboard's score for this file"
-               if args.renormalise else
-               "scored as the leaderboard scores them (clipped, then renormalised within each condition part; "
-               "any_severe_spinal takes the raw severe)")
-        print(f"radiospine score: warning: {len(off)} row(s) of {args.pred} do not sum to 1 (within "
-              f"{ROW_SUM_TOLERANCE:g}): {summarize_items(off)}; {how}", file=sys.stderr)
-    for name, value in result.as_dict().items():
-        print(f"{name:>18}: {value:.6f}")
-    print(json.dumps(result.as_dict()))
-    return 0
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))

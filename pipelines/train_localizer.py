@@ -1,38 +1,11 @@
-"""`radiospine train-localizer --data DIR --work WORK`: train the level localiser on the training coordinates.
+"""`python pipelines/train_localizer.py ARGS` equals `radiospine train-localizer ARGS`.
 
-Writes ``WORK/localizer/`` (checkpoints ``sagittal.pt``/``axial.pt`` with their ``.json`` sidecars holding the
-architecture, ``localizer.json`` with the config and training log) and, when ``roi.train_centres`` is ``oof`` (or
-with ``--oof``), the out-of-fold coordinates of the training studies.
+Not installed: an entry point for people working in a clone; the runner is radiospine.stages.train_localizer.
 """
 
-from __future__ import annotations
+import sys
 
-import argparse
-import json
+from radiospine.cli import main
 
-from radiospine.config import add_config_arguments, config_from_arguments
-from radiospine.threads import add_threads_argument
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="data folder in the Kaggle layout (train split)")
-    parser.add_argument("--work", required=True, help="work folder; the localiser goes to WORK/localizer")
-    parser.add_argument("--oof", action="store_true",
-                        help="also write out-of-fold coordinates (implied by roi.train_centres=oof)")
-    parser.add_argument("--force", action="store_true", help="train again even when the manifest says up to date")
-    add_threads_argument(parser)
-    add_config_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    from radiospine.roi.localizer.stage import train_localizer
-
-    config = config_from_arguments(args)
-    report = train_localizer(args.data, args.work, config.localizer, config.roi,
-                             out_of_fold=args.oof or config.roi.train_centres == "oof", force=args.force,
-                             threads=args.threads)
-    for kind in ("sagittal", "axial"):
-        losses = report[kind].pop("losses")
-        report[kind]["final_loss"] = round(losses[-1], 5)
-    print(json.dumps(report))
-    return 0
+if __name__ == "__main__":
+    sys.exit(main(["train-localizer", *sys.argv[1:]]))

@@ -27,6 +27,7 @@ import pandas as pd
 
 from radiospine import vocab
 from radiospine.csvio import read_csv_cells
+from radiospine.errors import CatalogError, DicomReadError
 from radiospine.geometry import slice_step_vector, unit
 from radiospine.hashing import short_hash
 
@@ -40,10 +41,6 @@ SERIES_COLUMNS = ["study_id", "series_id", "series_description", "description_in
 INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number", "path"]
 
 _INTEGER_ID = re.compile(r"^[0-9]{1,18}$")
-
-
-class CatalogError(ValueError):
-    """A data folder that does not follow the layout; the message names the file or folder and the fix."""
 
 
 def parse_id(value: object, *, what: str, where: str) -> int:
@@ -89,7 +86,7 @@ def load_series_descriptions(path: Path) -> pd.DataFrame:
 
 def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
     """Guess ``Sagittal T1`` / ``Sagittal T2/STIR`` / ``Axial T2`` from a series' headers ("" if unknown)."""
-    from radiospine.io.headers import DicomReadError, read_series_headers
+    from radiospine.io.headers import read_series_headers
 
     try:
         stacks = read_series_headers(series_path, study_id=study_id, series_id=series_id)

@@ -1,7 +1,9 @@
-"""The ``radiospine`` command: one sub-command per stage, each a thin runner in ``pipelines/``.
+"""The ``radiospine`` command: one sub-command per stage, each a runner in :mod:`radiospine.stages`.
 
 Every runner module exposes ``add_arguments(parser)`` and ``run(args) -> int``. The table below is the
-whole registry: adding a stage means adding one line here.
+whole registry: adding a stage means adding one line here. A :class:`radiospine.errors.RadiospineError` (the
+user's input or setup) is printed as one line with exit code 2; any other exception is a bug and propagates
+with its traceback.
 """
 
 from __future__ import annotations
@@ -11,26 +13,33 @@ import importlib
 import logging
 import sys
 
+from radiospine.errors import RadiospineError
+
 #: sub-command -> (runner module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("pipelines.score", "score a submission against labels with the competition metric"),
-    "validate-submission": ("pipelines.validate_submission", "check a submission file against a data folder"),
-    "catalog": ("pipelines.catalog", "scan a data folder and summarise its studies and series"),
-    "train-localizer": ("pipelines.train_localizer", "train the level localiser on the training coordinates"),
-    "localize": ("pipelines.localize", "find the 25 coordinates of every study of a split with the localiser"),
-    "export-crops": ("pipelines.export_crops", "write ROI crops as PNG with an index CSV and image-text pairs"),
-    "roi-qa": ("pipelines.roi_qa", "draw one study's ROIs on its series (a PNG for quality checks)"),
-    "features": ("pipelines.features", "compute a split's feature table (radiomics, CNN embeddings)"),
-    "synth": ("pipelines.synth", "write a synthetic data set in the Kaggle layout, with its truth"),
-    "synth-preview": ("pipelines.synth_preview", "draw a study's sagittal and axial slices with its label points"),
-    "train-gbm": ("pipelines.train_gbm", "train the per-condition ordinal GBMs (computes train features first)"),
-    "predict": ("pipelines.predict", "localise, describe and grade a split's studies: the submission CSV"),
-    "report": ("pipelines.report", "write the self-contained HTML report (SHAP explanations per prediction)"),
+    "score": ("radiospine.stages.score", "score a submission against labels with the competition metric"),
+    "validate-submission": ("radiospine.stages.validate_submission",
+                            "check a submission file against a data folder"),
+    "catalog": ("radiospine.stages.catalog", "scan a data folder and summarise its studies and series"),
+    "train-localizer": ("radiospine.stages.train_localizer",
+                        "train the level localiser on the training coordinates"),
+    "localize": ("radiospine.stages.localize",
+                 "find the 25 coordinates of every study of a split with the localiser"),
+    "export-crops": ("radiospine.stages.export_crops",
+                     "write ROI crops as PNG with an index CSV and image-text pairs"),
+    "roi-qa": ("radiospine.stages.roi_qa", "draw one study's ROIs on its series (a PNG for quality checks)"),
+    "features": ("radiospine.stages.features", "compute a split's feature table (radiomics, CNN embeddings)"),
+    "synth": ("radiospine.stages.synth", "write a synthetic data set in the Kaggle layout, with its truth"),
+    "synth-preview": ("radiospine.stages.synth_preview",
+                      "draw a study's sagittal and axial slices with its label points"),
+    "train-gbm": ("radiospine.stages.train_gbm",
+                  "train the per-condition ordinal GBMs (computes train features first)"),
+    "predict": ("radiospine.stages.predict", "localise, describe and grade a split's studies: the submission CSV"),
+    "report": ("radiospine.stages.report",
+               "write the self-contained HTML report (SHAP explanations per prediction)"),
+    "demo-summary": ("radiospine.stages.demo_summary",
+                     "the demo's test score beside the oracle's and the weighted prior's (make demo)"),
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line without a traceback (exit code 2)."""
 
 
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
@@ -58,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as exc:
+    except RadiospineError as exc:  # the user's input or setup; any other exception is a bug: its traceback shows
         if args.verbose >= 2:
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"radiospine {args.command}: error: {message}", file=sys.stderr)
+        print(f"radiospine {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

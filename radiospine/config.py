@@ -24,16 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from radiospine.errors import ConfigError
 from radiospine.hashing import json_hash
 from radiospine.roi.types import RoiView
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not validate; the message names the file and the key."""
 
 
 class Section(BaseModel):

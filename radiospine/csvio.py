@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from radiospine.errors import DataError, MissingInputError
+
 
 def summarize_items(items: Iterable[object], limit: int = 5) -> str:
     """``['a', 'b', ...]`` -> ``"'a', 'b', 'c', 'd', 'e' and 7 more (12 in all)"`` for error messages."""
@@ -37,13 +39,13 @@ def read_csv_cells(path: str | Path, columns: Sequence[str] | None = None) -> pd
         (blank lines, ``,,,,``) are dropped. Columns keep the file's order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty or not readable as CSV text; duplicate, missing or unexpected columns;
+        MissingInputError: the file does not exist.
+        DataError: the file is empty or not readable as CSV text; duplicate, missing or unexpected columns;
             a row with more or fewer cells than the header (naming its line).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (or is not a file); check the path")
+        raise MissingInputError(f"{path} does not exist (or is not a file); check the path")
     lines, rows = [], []
     try:
         with path.open(newline="", encoding="utf-8-sig") as stream:
@@ -54,18 +56,18 @@ def read_csv_cells(path: str | Path, columns: Sequence[str] | None = None) -> pd
                 cells = [cell.strip() for cell in row]
                 if any(cells):
                     if len(cells) != len(header):
-                        raise ValueError(f"{path}, line {line}: {len(cells)} cells but the header has "
-                                         f"{len(header)}; fix or remove the line")
+                        raise DataError(f"{path}, line {line}: {len(cells)} cells but the header has "
+                                        f"{len(header)}; fix or remove the line")
                     lines.append(line)
                     rows.append(cells)
                 line = reader.line_num + 1
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a readable CSV text file: {exc}") from None
+        raise DataError(f"{path} is not a readable CSV text file: {exc}") from None
     if not header:
-        raise ValueError(f"{path} is empty; expected a header line and data rows")
+        raise DataError(f"{path} is empty; expected a header line and data rows")
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
-        raise ValueError(f"{path}: column(s) {duplicated} appear more than once in the header")
+        raise DataError(f"{path}: column(s) {duplicated} appear more than once in the header")
     if columns is not None:
         missing = [name for name in columns if name not in header]
         extra = [name for name in header if name not in columns]
@@ -75,5 +77,5 @@ def read_csv_cells(path: str | Path, columns: Sequence[str] | None = None) -> pd
                 problems.append(f"lacks column(s) {missing}")
             if extra:
                 problems.append(f"has unexpected column(s) {extra}")
-            raise ValueError(f"{path} {' and '.join(problems)}; expected exactly {','.join(columns)}")
+            raise DataError(f"{path} {' and '.join(problems)}; expected exactly {','.join(columns)}")
     return pd.DataFrame(rows, columns=header, index=pd.Index(lines, dtype=np.int64, name="line"), dtype=object)

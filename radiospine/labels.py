@@ -29,6 +29,7 @@ from radiospine import vocab
 from radiospine.artifacts import atomic_path
 from radiospine.catalog import parse_id
 from radiospine.csvio import read_csv_cells, summarize_items
+from radiospine.errors import DataError
 
 #: The columns of ``train.csv``, in the real file's order.
 TRAIN_LABEL_COLUMNS: tuple[str, ...] = ("study_id", *vocab.TARGET_COLUMNS)
@@ -57,7 +58,7 @@ def normalize_study_ids(study_ids: Iterable[object], *, what: str = "study ids")
     array = np.asarray(ids, dtype=np.int64)
     unique, counts = np.unique(array, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"{what}: study id(s) repeated: {summarize_items(unique[counts > 1].tolist())}")
+        raise DataError(f"{what}: study id(s) repeated: {summarize_items(unique[counts > 1].tolist())}")
     return array
 
 
@@ -96,9 +97,9 @@ def load_train_labels(path: str | Path) -> pd.DataFrame:
     if repeated_mask.any():
         repeated = pd.Series(cells.index[repeated_mask], index=study_ids[repeated_mask]).groupby(level=0).agg(list)
         described = [f"{study_id} on lines {', '.join(map(str, lines))}" for study_id, lines in repeated.items()]
-        raise ValueError(f"{path}: study id(s) listed more than once: {'; '.join(described[:5])}"
-                         f"{f' and {len(described) - 5} more' if len(described) > 5 else ''}; "
-                         f"keep one row per study")
+        raise DataError(f"{path}: study id(s) listed more than once: {'; '.join(described[:5])}"
+                        f"{f' and {len(described) - 5} more' if len(described) > 5 else ''}; "
+                        f"keep one row per study")
     unknown = sorted(
         (line, column_index, value)
         for column_index, column in enumerate(vocab.TARGET_COLUMNS)
@@ -108,9 +109,9 @@ def load_train_labels(path: str | Path) -> pd.DataFrame:
     if unknown:
         described = [f"line {line} column {vocab.TARGET_COLUMNS[column_index]}: {value!r}"
                      for line, column_index, value in unknown]
-        raise ValueError(f"{path}: {len(unknown)} cell(s) hold an unknown label ({'; '.join(described[:5])}"
-                         f"{' ...' if len(described) > 5 else ''}); expected "
-                         f"{', '.join(map(repr, vocab.SEVERITY_LABELS))} or an empty cell")
+        raise DataError(f"{path}: {len(unknown)} cell(s) hold an unknown label ({'; '.join(described[:5])}"
+                        f"{' ...' if len(described) > 5 else ''}); expected "
+                        f"{', '.join(map(repr, vocab.SEVERITY_LABELS))} or an empty cell")
     labels = cells[list(vocab.TARGET_COLUMNS)].reset_index(drop=True)
     wide = labels.where(labels != "", np.nan).astype(object).astype(LABEL_DTYPE)
     wide.insert(0, "study_id", study_ids)
@@ -182,7 +183,7 @@ def _from_human(cells: pd.Series, convert, path: Path) -> np.ndarray:
         except ValueError as exc:
             line = cells.index[cells == value][0]
             count = int((cells == value).sum())
-            raise ValueError(f"{path}, line {line}: {exc} ({count} row(s) hold this value)") from None
+            raise DataError(f"{path}, line {line}: {exc} ({count} row(s) hold this value)") from None
     return cells.map(mapping).to_numpy()
 
 
@@ -191,8 +192,8 @@ def _finite_floats(cells: pd.Series, column: str, path: Path) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         lines = cells.index[bad]
-        raise ValueError(f"{path}, line {lines[0]}: {column} {cells[lines[0]]!r} is not a finite number "
-                         f"({bad.sum()} such cell(s), lines {summarize_items(lines.tolist())})")
+        raise DataError(f"{path}, line {lines[0]}: {column} {cells[lines[0]]!r} is not a finite number "
+                        f"({bad.sum()} such cell(s), lines {summarize_items(lines.tolist())})")
     return values
 
 

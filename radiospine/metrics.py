@@ -38,11 +38,11 @@ import pandas as pd
 
 from radiospine import vocab
 from radiospine.csvio import summarize_items
+from radiospine.errors import DataError, SubmissionError
 from radiospine.labels import LONG_LABEL_COLUMNS, labels_to_long, long_to_wide, target_grid
 from radiospine.submission import (
     PREDICTION_KEY_COLUMNS,
     ROW_SUM_TOLERANCE,
-    SubmissionError,
     normalise_probabilities,
     probability_problems,
 )
@@ -201,7 +201,7 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, *, renormalise: bool 
     for base, name in _PART_OF_BASE_CONDITION.items():
         rows = base_condition == base
         if not rows.any():
-            raise ValueError(f"the labels hold no labelled {name} row; the metric needs all four parts")
+            raise DataError(f"the labels hold no labelled {name} row; the metric needs all four parts")
         parts[name] = sklearn_log_loss(values[rows], true_class[rows], weights[rows])
 
     spinal = base_condition == vocab.SPINAL
@@ -249,8 +249,8 @@ def weighted_prior(train_labels: pd.DataFrame, pseudo_count: float = 0.0) -> pd.
     totals = weighted.sum(axis=1)
     if (totals <= 0).any():
         empty = [column for column, total in zip(vocab.TARGET_COLUMNS, totals) if total <= 0]
-        raise ValueError(f"no labelled row for target column(s) {summarize_items(empty)}; "
-                         f"pass pseudo_count > 0 to give them a prior")
+        raise DataError(f"no labelled row for target column(s) {summarize_items(empty)}; "
+                        f"pass pseudo_count > 0 to give them a prior")
     prior = pd.DataFrame(weighted / totals[:, None], columns=list(vocab.SEVERITIES))
     prior.insert(0, "level", [vocab.split_target_column(column)[1] for column in vocab.TARGET_COLUMNS])
     prior.insert(0, "condition", [vocab.split_target_column(column)[0] for column in vocab.TARGET_COLUMNS])

@@ -25,6 +25,7 @@ from radiospine import vocab
 from radiospine.artifacts import atomic_path
 from radiospine.catalog import SPLITS, load_series_descriptions, parse_id
 from radiospine.csvio import read_csv_cells, summarize_items
+from radiospine.errors import SubmissionError
 from radiospine.labels import normalize_study_ids, target_grid
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ log = logging.getLogger(__name__)
 ROW_SUM_TOLERANCE = 1e-6
 PREDICTION_KEY_COLUMNS: tuple[str, ...] = ("study_id", "condition", "level")
 LONG_PREDICTION_COLUMNS: tuple[str, ...] = (*PREDICTION_KEY_COLUMNS, *vocab.SEVERITIES)
-
-
-class SubmissionError(ValueError):
-    """Predictions or a submission that cannot be used. ``problems`` lists every problem found, each naming
-    the offending rows (the first few and how many)."""
-
-    def __init__(self, problems: Sequence[str], source: str = "submission") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(f"{source}: " + "; ".join(self.problems))
 
 
 def probability_problems(values: np.ndarray, row_names: Sequence[str], *,

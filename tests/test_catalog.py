@@ -9,6 +9,7 @@ import pytest
 
 from radiospine import catalog, vocab
 from radiospine.cli import main
+from radiospine.errors import CatalogError
 
 
 def _write_layout(root: Path, series: dict[tuple[int, int], tuple[str, int]], split: str = "train") -> None:
@@ -53,7 +54,7 @@ def test_non_integer_ids_in_csv_are_rejected(tmp_path: Path, bad: str) -> None:
     _write_layout(tmp_path, {(100, 1): (vocab.SAGITTAL_T1, 1)})
     csv = tmp_path / "train_series_descriptions.csv"
     csv.write_text(csv.read_text() + f"{bad},5,Axial T2\n")
-    with pytest.raises(catalog.CatalogError, match="line 3") as info:
+    with pytest.raises(CatalogError, match="line 3") as info:
         catalog.scan(tmp_path, "train")
     assert "train_series_descriptions.csv" in str(info.value)
 
@@ -90,10 +91,10 @@ def test_crlf_and_blank_lines_in_descriptions(tmp_path: Path) -> None:
 
 def test_missing_csv_and_columns_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "train_images").mkdir()
-    with pytest.raises(catalog.CatalogError, match=r"train_series_descriptions.csv does not exist"):
+    with pytest.raises(CatalogError, match=r"train_series_descriptions.csv does not exist"):
         catalog.scan(tmp_path, "train")
     (tmp_path / "train_series_descriptions.csv").write_text("study_id,series\n1,2\n")
-    with pytest.raises(catalog.CatalogError, match="series_description"):
+    with pytest.raises(CatalogError, match="series_description"):
         catalog.scan(tmp_path, "train")
 
 
@@ -101,7 +102,7 @@ def test_series_dir_only_takes_integers(tmp_path: Path) -> None:
     assert catalog.series_dir(tmp_path, "test", 5, 6) == tmp_path / "test_images" / "5" / "6"
     with pytest.raises((ValueError, TypeError)):
         catalog.series_dir(tmp_path, "test", "../etc", 6)  # type: ignore[arg-type]
-    with pytest.raises(catalog.CatalogError):
+    with pytest.raises(CatalogError):
         catalog.series_dir(tmp_path, "valid", 5, 6)
 
 
@@ -118,7 +119,7 @@ def test_error_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     _write_layout(tmp_path, {(100, 1): (vocab.AXIAL_T2, 1)})
     csv = tmp_path / "train_series_descriptions.csv"
     csv.write_text(csv.read_text() + "\n\n../etc,1,Axial T2\n")
-    with pytest.raises(catalog.CatalogError, match="line 5"):
+    with pytest.raises(CatalogError, match="line 5"):
         catalog.scan(tmp_path, "train")
 
 

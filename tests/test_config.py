@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from radiospine.config import ConfigError, config_hash, load_config, parse_overrides
+from radiospine.config import config_hash, load_config, parse_overrides
+from radiospine.errors import ConfigError
 
 
 def test_default_config_loads() -> None:

@@ -22,10 +22,11 @@ from radiospine.config import CnnConfig, FeaturesConfig, RadiomicsConfig
 from radiospine.features.base import KEY_COLUMNS, STATUS_NO_CROP, STATUS_OK
 from radiospine.features.cnn import CnnTrainer
 from radiospine.features.columns import parse_column, status_column
-from radiospine.features.driver import StudyCrops, compute_features, features_dir
+from radiospine.features.driver import StudyCrops, compute_features
 from radiospine.features.radiomics import RadiomicsExtractor
 from radiospine.features.store import FeatureStore
 from radiospine.roi.cut import RoiFailure
+from radiospine.workspace import Workspace
 
 TESTS_DIR = Path(__file__).resolve().parent
 TINY_CNN = CnnConfig(epochs=1, folds=2, input_size=16, widths=(8, 16), embedding_size=4, batch_size=32, device="cpu")
@@ -43,7 +44,7 @@ def setup(tmp_path: Path, study_ids, cnn: bool = True):
 
 def run(tmp_path: Path, name: str, study_ids, crops, **options) -> pd.DataFrame:
     config, extractors = setup(tmp_path, study_ids)
-    store = FeatureStore(features_dir(tmp_path / name, "train"))
+    store = FeatureStore(Workspace(tmp_path / name).features_dir("train"))
     compute_features(study_ids, crops, extractors, store, config=config, catalog_hash="cat", progress=False,
                      **options)
     return store.read()
@@ -213,7 +214,7 @@ def test_a_run_killed_at_any_phase_resumes_to_the_same_table(tmp_path: Path) -> 
     study_ids = list(range(1, 9))
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(KILLABLE_RUN.format(tests=str(TESTS_DIR), tmp=str(tmp_path))))
-    root = features_dir(tmp_path / "killed", "train")
+    root = Workspace(tmp_path / "killed").features_dir("train")
     inputs = root / "_cnn" / "inputs"
 
     # Killed while preparing the CNN's inputs (in one process), then while writing shards (with 2 worker

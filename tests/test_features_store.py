@@ -11,9 +11,10 @@ import pytest
 
 from radiospine import vocab
 from radiospine.config import FeaturesConfig, RadiomicsConfig
+from radiospine.errors import StoreError
 from radiospine.features.base import KEY_COLUMNS
 from radiospine.features.columns import feature_column, status_column
-from radiospine.features.store import FeatureStore, StoreError, read_features, table_schema
+from radiospine.features.store import FeatureStore, read_features, table_schema
 
 STATUS = status_column("radiomics")
 MEAN = feature_column("radiomics", "axial_t2", "original_firstorder_Mean")

@@ -26,10 +26,11 @@ from dicom_factory import (
     write_synthetic_stack,
 )
 
+from radiospine.errors import DicomReadError
 from radiospine.geometry import image_plane_normal, patient_to_voxel, pixel_spacing, slice_spacing_mm, voxel_to_patient
 from radiospine.io import decode
 from radiospine.io.decode import load_volume, read_volume
-from radiospine.io.headers import DicomReadError, read_series_headers
+from radiospine.io.headers import read_series_headers
 
 
 def copy_into_series(tmp_path: Path, *sources: Path, study_id: int = 7, series_id: int = 8) -> Path:

@@ -12,6 +12,7 @@ from scipy.special import xlogy
 from sklearn.metrics import log_loss
 
 from radiospine import vocab
+from radiospine.errors import SubmissionError
 from radiospine.labels import labels_to_long
 from radiospine.metrics import (
     CLIP_EPSILON,
@@ -23,7 +24,6 @@ from radiospine.metrics import (
     weighted_prior,
     weighted_prior_predictions,
 )
-from radiospine.submission import SubmissionError
 
 N, M, S = vocab.SEVERITY_LABELS
 LN2 = math.log(2.0)

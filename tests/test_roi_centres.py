@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 
 from radiospine.config import RoiConfig
+from radiospine.errors import DataError, MissingInputError
 from radiospine.labels import load_label_coordinates
 from radiospine.roi.centres import roi_centres
 from radiospine.roi.localizer.inference import PROVENANCE_COLUMNS
-from radiospine.roi.localizer.stage import localizer_dir, write_coordinates
+from radiospine.roi.localizer.stage import write_coordinates
+from radiospine.workspace import Workspace
 
 LABELS = """study_id,series_id,instance_number,condition,level,x,y
 11,21,8,Spinal Canal Stenosis,L1/L2,100.5,80.25
@@ -40,28 +42,28 @@ def test_train_centres_switch_between_labels_and_out_of_fold_points(tmp_path: Pa
     labels = roi_centres(data, "train", work, RoiConfig(train_centres="label"))
     assert labels["source"].eq("label").all() and labels["x"].tolist() == [100.5, 90.0]
 
-    with pytest.raises(FileNotFoundError, match=r"roi.train_centres=oof"):
+    with pytest.raises(MissingInputError, match=r"roi.train_centres=oof"):
         roi_centres(data, "train", work, RoiConfig(train_centres="oof"))
-    write_coordinates(provenance(11, 55.5), localizer_dir(work) / "oof_coordinates.csv")
+    write_coordinates(provenance(11, 55.5), Workspace(work).oof_coordinates)
     oof = roi_centres(data, "train", work, RoiConfig(train_centres="oof"))
     assert oof["x"].tolist() == [55.5, 55.5] and oof["source"].tolist() == ["predicted", "fallback"]
     assert oof["instance_number"].tolist() == [9, 4]
     # the written coordinates are the real file's layout: the loader reads them; the missing point is left out
-    assert len(load_label_coordinates(localizer_dir(work) / "oof_coordinates.csv")) == 2
+    assert len(load_label_coordinates(Workspace(work).oof_coordinates)) == 2
 
 
 def test_test_split_always_uses_the_localiser(tmp_path: Path) -> None:
     data, work = tmp_path / "data", tmp_path / "work"
     data.mkdir()
     (data / "train_label_coordinates.csv").write_text(LABELS)
-    with pytest.raises(FileNotFoundError, match="radiospine localize"):
+    with pytest.raises(MissingInputError, match="radiospine localize"):
         roi_centres(data, "test", work, RoiConfig(train_centres="label"))
-    write_coordinates(provenance(12, 44.0), localizer_dir(work) / "test_coordinates.csv")
+    write_coordinates(provenance(12, 44.0), Workspace(work).coordinates("test"))
     test = roi_centres(data, "test", work, RoiConfig())
     assert set(test["study_id"]) == {12} and set(test["source"]) == {"predicted", "fallback"}
     # a coordinates file whose provenance lost a row is refused
-    path = localizer_dir(work) / "test_coordinates.csv"
+    path = Workspace(work).coordinates("test")
     table = pd.read_csv(path.with_name("test_coordinates.provenance.csv"))
     table.iloc[1:].to_csv(path.with_name("test_coordinates.provenance.csv"), index=False)
-    with pytest.raises(ValueError, match="do not belong together"):
+    with pytest.raises(DataError, match="do not belong together"):
         roi_centres(data, "test", work, RoiConfig())

@@ -8,6 +8,7 @@ import pytest
 
 from radiospine import vocab
 from radiospine.config import RoiConfig
+from radiospine.errors import RoiError
 from radiospine.geometry import (
     coordinate_to_patient,
     line_plane_intersection,
@@ -20,7 +21,6 @@ from radiospine.geometry import (
 from radiospine.io.volume import Volume
 from radiospine.roi.cut import (
     NO_COORDINATE,
-    RoiError,
     cut_roi,
     neighbour_indices,
     normalise_intensity,

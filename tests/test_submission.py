@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from radiospine import vocab
+from radiospine.errors import SubmissionError
 from radiospine.labels import target_grid
 from radiospine.submission import (
-    SubmissionError,
     build_submission,
     fill_missing_with_prior,
     read_submission,

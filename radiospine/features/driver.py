@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -380,8 +379,3 @@ def _on_dask(task: Callable[[int], tuple], study_ids: Sequence[int], scheduler: 
 
 def _call(task: Callable[[int], tuple], study_id: int) -> tuple:
     return task(study_id)
-
-
-def features_dir(work: str | Path, split: str) -> Path:
-    """``WORK/features/<split>``."""
-    return Path(work) / "features" / split

@@ -50,6 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
+from radiospine.errors import MissingInputError
 from radiospine.features.base import ExtractionResult
 from radiospine.features.radiomics_batch import TextureInput, texture_features
 from radiospine.hashing import json_hash
@@ -113,7 +114,7 @@ class RadiomicsExtractor:
         try:
             self.params_text = self.params_path.read_text()
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"pyradiomics parameter file {self.params_path} does not exist; set features.radiomics.params "
                 f"to one of the files in configs/radiomics/ or to your own file") from None
         self.slice_mean = bool(slice_mean)

@@ -21,10 +21,12 @@ from typing import Any
 import pandas as pd
 
 from radiospine.config import RadiospineConfig, RoiConfig, config_hash
+from radiospine.errors import MissingInputError
 from radiospine.features.base import Extractor, TrainableExtractor
-from radiospine.features.driver import RunSummary, StudyCrops, compute_features, features_dir
+from radiospine.features.driver import RunSummary, StudyCrops, compute_features
 from radiospine.features.store import FeatureStore
 from radiospine.hashing import short_hash
+from radiospine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,9 @@ def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path,
         cnn = features.cnn
         if cnn.checkpoint is not None or split != "train":
             checkpoint = Path(cnn.checkpoint).expanduser() if cnn.checkpoint is not None else (
-                features_dir(work_dir, "train") / "_cnn" / f"{FULL_MODEL}.pt")
+                Workspace(work_dir).features_dir("train") / "_cnn" / f"{FULL_MODEL}.pt")
             if not checkpoint.is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"CNN checkpoint {checkpoint} does not exist: run `radiospine features --split train` first "
                     f"(it trains the CNN), set features.cnn.checkpoint, or disable it with features.cnn.enabled=false")
             extractors.append(CnnExtractor.from_checkpoint(checkpoint, batch_size=cnn.batch_size, device=cnn.device))
@@ -107,11 +109,11 @@ def run_features_stage(data_dir: str | Path, split: str, work_dir: str | Path, c
     catalog = scan(data_dir, split)
     study_ids = catalog.study_ids
     if not study_ids:
-        raise FileNotFoundError(f"{data_dir / f'{split}_images'} holds no study folders")
+        raise MissingInputError(f"{data_dir / f'{split}_images'} holds no study folders")
     coords = roi_centres(data_dir, split, work_dir, config.roi)
     cutter = RoiCutter(data_dir, split, coords.sort_values("study_id", kind="stable").reset_index(drop=True),
                        config.roi)
-    store = FeatureStore(features_dir(work_dir, split))
+    store = FeatureStore(Workspace(work_dir).features_dir(split))
     summary: RunSummary = compute_features(
         study_ids, cutter, extractors, store, config=config.features, catalog_hash=catalog.content_hash(),
         jobs=jobs, scheduler=scheduler, progress=progress,

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from radiospine import artifacts, vocab
+from radiospine.errors import MissingInputError, StoreError
 from radiospine.features.base import KEY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,6 @@ SUPERSEDED_DIR = "_superseded"
 LOCK_NAME = "_lock"
 _CONDITION_ORDER = {condition: i for i, condition in enumerate(vocab.CONDITIONS)}
 _LEVEL_ORDER = {level: i for i, level in enumerate(vocab.LEVELS)}
-
-
-class StoreError(ValueError):
-    """The feature folder is in a state a run cannot continue from; the message says what to do."""
 
 
 def table_schema(columns: list[str], string_columns: set[str]) -> pa.Schema:
@@ -224,7 +221,7 @@ def read_features(root: str | Path) -> pd.DataFrame:
     """The feature table of ``WORK/features/<split>``, sorted (see :meth:`FeatureStore.read`)."""
     root = Path(root)
     if artifacts.read_manifest(root) is None:
-        raise FileNotFoundError(f"{root} holds no feature table ({artifacts.MANIFEST_NAME} is missing); "
+        raise MissingInputError(f"{root} holds no feature table ({artifacts.MANIFEST_NAME} is missing); "
                                 f"run `radiospine features` first")
     return FeatureStore(root).read()
 

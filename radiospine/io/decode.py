@@ -7,7 +7,7 @@ stage that scanned every series decodes only the few slices it needs) and applie
 
 No decoder ends a run: whatever a decoder raises while decoding a file, a ``BaseException`` from a native
 extension included (pylibjpeg-rle panics, pyo3's ``PanicException``, on an RLE segment that decodes past its
-end), becomes a :class:`~radiospine.io.headers.DicomReadError` naming the file and the reason, which the callers
+end), becomes a :class:`~radiospine.errors.DicomReadError` naming the file and the reason, which the callers
 record before going on; only ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass through. Before
 decoding, the encoded frames are checked where decoders let damage through silently: JPEG, JPEG-LS and JPEG 2000
 frames must end with their end marker, RLE headers must announce the segments the image needs inside the frame.
@@ -39,10 +39,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from radiospine.errors import DicomReadError
 from radiospine.geometry import sub_stack_affine
 from radiospine.io.headers import (
     FIX_DAMAGED,
-    DicomReadError,
     number_of_frames,
     one_line,
     read_pixel_element_header,

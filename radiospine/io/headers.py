@@ -46,6 +46,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from radiospine.errors import DicomReadError
 from radiospine.io.stacks import SeriesStack, SkippedFile, SliceHeader, split_into_stacks
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ _REQUIRED_PIXEL_KEYWORDS = (
     "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
     "PhotometricInterpretation",
 )
-
-
-class DicomReadError(ValueError):
-    """A DICOM file or series folder that cannot be read. The message names the file, the problem and the fix."""
 
 
 @dataclass(frozen=True)

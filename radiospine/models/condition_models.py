@@ -56,6 +56,7 @@ from radiospine import metrics, vocab
 from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
 from radiospine.config import ModelMember, ModelsConfig, config_hash
 from radiospine.csvio import summarize_items
+from radiospine.errors import DataError, MissingInputError
 from radiospine.features.base import STATUS_OK
 from radiospine.features.columns import (
     KEY_PREFIX,
@@ -388,10 +389,10 @@ class TrainedModels:
         try:
             card = json.loads(card_path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{card_path} does not exist: train the models first (train_condition_models, "
+            raise MissingInputError(f"{card_path} does not exist: train the models first (train_condition_models, "
                                     f"then save)") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{card_path} is not valid JSON ({exc}); train and save the models again") from None
+            raise DataError(f"{card_path} is not valid JSON ({exc}); train and save the models again") from None
         if card.get("format") != CARD_FORMAT:
             raise ValueError(f"{card_path} has format {card.get('format')!r}, expected {CARD_FORMAT!r}")
         config = ModelsConfig.model_validate(card["config"])

@@ -38,6 +38,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from radiospine.errors import DataError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("lightgbm", "xgboost")
@@ -487,9 +489,9 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         try:
             card = json.loads(card_path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{card_path} does not exist: save the model with to_native() first") from None
+            raise MissingInputError(f"{card_path} does not exist: save the model with to_native() first") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{card_path} is not valid JSON ({exc}); save the model again with to_native()") from None
+            raise DataError(f"{card_path} is not valid JSON ({exc}); save the model again with to_native()") from None
         if card.get("format") != NATIVE_FORMAT or card.get("estimator") != cls.__name__:
             raise ValueError(
                 f"{card_path} holds {card.get('estimator')!r} in format {card.get('format')!r}; "
@@ -499,7 +501,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         backend = _BACKEND_IMPLEMENTATIONS[estimator.backend]
         missing = [name for name in card["booster_files"] if not (directory / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{directory}: booster files {missing} listed in {ESTIMATOR_FILE} are missing")
+            raise MissingInputError(f"{directory}: booster files {missing} listed in {ESTIMATOR_FILE} are missing")
         estimator.classes_ = np.array(card["classes"], dtype=np.dtype(card["classes_dtype"]))
         estimator.n_features_in_ = card["n_features_in"]
         if card["feature_names_in"] is not None:

@@ -18,13 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from radiospine.config import RoiConfig
+from radiospine.errors import DataError, MissingInputError
 from radiospine.labels import load_label_coordinates
-from radiospine.roi.localizer.stage import localizer_dir, provenance_path
-
-
-def predicted_coordinates_path(work_dir: str | Path, split: str, *, out_of_fold: bool = False) -> Path:
-    """``WORK/localizer/oof_coordinates.csv`` or ``WORK/localizer/{split}_coordinates.csv``."""
-    return localizer_dir(work_dir) / ("oof_coordinates.csv" if out_of_fold else f"{split}_coordinates.csv")
+from radiospine.workspace import Workspace, provenance_path
 
 
 def load_predicted_coordinates(path: str | Path) -> pd.DataFrame:
@@ -33,14 +29,14 @@ def load_predicted_coordinates(path: str | Path) -> pd.DataFrame:
     coords = load_label_coordinates(path)
     provenance_file = provenance_path(path)
     if not provenance_file.is_file():
-        raise FileNotFoundError(f"{provenance_file} is missing beside {path}: re-run the localiser that wrote it")
+        raise MissingInputError(f"{provenance_file} is missing beside {path}: re-run the localiser that wrote it")
     provenance = pd.read_csv(provenance_file, usecols=["study_id", "condition", "level", "source"])
     provenance = provenance[provenance["source"] != "missing"].drop_duplicates(["study_id", "condition", "level"])
     merged = coords.merge(provenance, on=["study_id", "condition", "level"], how="left", validate="many_to_one")
     if merged["source"].isna().any():
         row = merged[merged["source"].isna()].iloc[0]
-        raise ValueError(f"{provenance_file} has no row for study {row.study_id} {row.condition} {row.level} of "
-                         f"{path}: the two files do not belong together; re-run the localiser")
+        raise DataError(f"{provenance_file} has no row for study {row.study_id} {row.condition} {row.level} of "
+                        f"{path}: the two files do not belong together; re-run the localiser")
     return merged
 
 
@@ -50,9 +46,10 @@ def roi_centres(data_dir: str | Path, split: str, work_dir: str | Path, config: 
         coords = load_label_coordinates(Path(data_dir) / "train_label_coordinates.csv")
         return coords.assign(source="label")
     out_of_fold = split == "train"
-    path = predicted_coordinates_path(work_dir, split, out_of_fold=out_of_fold)
+    workspace = Workspace(work_dir)
+    path = workspace.oof_coordinates if out_of_fold else workspace.coordinates(split)
     if not path.is_file():
         how = ("radiospine train-localizer --data DIR --work WORK --set roi.train_centres=oof" if out_of_fold
                else f"radiospine localize --data DIR --split {split} --work WORK")
-        raise FileNotFoundError(f"{path} does not exist: the {split} ROI centres come from the localiser; run {how}")
+        raise MissingInputError(f"{path} does not exist: the {split} ROI centres come from the localiser; run {how}")
     return load_predicted_coordinates(path)

@@ -44,6 +44,7 @@ from scipy import ndimage
 from radiospine import vocab
 from radiospine.catalog import series_dir
 from radiospine.config import RadiospineConfig, RoiConfig
+from radiospine.errors import DicomReadError, RoiError
 from radiospine.geometry import (
     StackGeometry,
     column_direction,
@@ -77,10 +78,6 @@ REQUIRED_COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "cond
 
 #: The failure reason of a (condition, level) the coordinates do not hold.
 NO_COORDINATE = "no coordinate"
-
-
-class RoiError(ValueError):
-    """An ROI that cannot be placed or cut; the message names the study, condition, level and the cause."""
 
 
 @dataclass(frozen=True)
@@ -347,7 +344,6 @@ def cut_rois(rois: Sequence[Roi], stacks_by_series: Mapping[int, Sequence], conf
     A failure is appended to ``failures`` (or raised as :class:`RoiError` when it is ``None``).
     """
     from radiospine.io.decode import load_volume
-    from radiospine.io.headers import DicomReadError
 
     decoded: dict[tuple[int, int, int, int], np.ndarray] = {}
     crops = []
@@ -375,7 +371,7 @@ def read_study_stacks(data_dir: str | Path, split: str, study_id: int, series_id
     A series that cannot be read is left out; its reason goes to ``failures_by_series`` (or is raised as
     :class:`RoiError` when that is ``None``).
     """
-    from radiospine.io.headers import DicomReadError, read_series_headers
+    from radiospine.io.headers import read_series_headers
 
     stacks: dict[int, list] = {}
     for series_id in series_ids:

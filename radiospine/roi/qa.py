@@ -20,6 +20,7 @@ from radiospine import vocab
 from radiospine.artifacts import atomic_path
 from radiospine.catalog import scan
 from radiospine.config import RoiConfig
+from radiospine.errors import DataError, UserError
 from radiospine.geometry import patient_to_pixel, pixel_spacing
 from radiospine.roi.cut import NO_COORDINATE, place_rois, read_study_stacks
 
@@ -35,10 +36,10 @@ def roi_qa_picture(data_dir: str | Path, split: str, study_id: int, coords: pd.D
     study_id = int(study_id)
     rows = coords[coords["study_id"] == study_id]
     if rows.empty:
-        raise ValueError(f"the coordinates hold no point of study {study_id}: nothing to draw")
+        raise DataError(f"the coordinates hold no point of study {study_id}: nothing to draw")
     catalog = scan(data_dir, split, study_ids=[study_id])
     if study_id not in catalog.study_ids:
-        raise ValueError(f"study {study_id} is not in {Path(data_dir) / f'{split}_images'}")
+        raise UserError(f"study {study_id} is not in {Path(data_dir) / f'{split}_images'}")
     descriptions = dict(zip(catalog.series["series_id"], catalog.series["series_description"]))
     unreadable: dict[int, str] = {}
     stacks = read_study_stacks(data_dir, split, study_id, sorted({int(s) for s in rows["series_id"]}), unreadable)

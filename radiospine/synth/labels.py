@@ -42,6 +42,7 @@ import pandas as pd
 from scipy.special import ndtr, ndtri
 
 from radiospine import vocab
+from radiospine.errors import MissingInputError
 
 #: The real-data figures the generator imitates (a copy of the derived figures, no records).
 FACTS_PATH = Path(__file__).resolve().parent / "rsna_facts.json"
@@ -66,7 +67,7 @@ def load_facts(path: str | Path = FACTS_PATH) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: the synthetic generator needs the real-data figures "
+        raise MissingInputError(f"{path} is missing: the synthetic generator needs the real-data figures "
                                 f"(reinstall radiospine or restore the file)") from None
 
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from radiospine import vocab
 from radiospine.catalog import load_series_descriptions, series_dir
+from radiospine.errors import MissingInputError
 from radiospine.io.decode import load_volume
 from radiospine.io.headers import read_series_headers
 from radiospine.io.stacks import SeriesStack
@@ -28,7 +29,7 @@ def _find_split(data_dir: Path, study_id: int) -> str:
     for split in ("train", "test"):
         if (data_dir / f"{split}_images" / str(study_id)).is_dir():
             return split
-    raise FileNotFoundError(f"study {study_id} is in neither {data_dir / 'train_images'} nor "
+    raise MissingInputError(f"study {study_id} is in neither {data_dir / 'train_images'} nor "
                             f"{data_dir / 'test_images'}; pick a study id from the series descriptions CSV")
 
 

@@ -17,9 +17,10 @@ import pandas as pd
 from radiospine import vocab
 from radiospine.catalog import Catalog
 from radiospine.config import LocalizerConfig
+from radiospine.errors import DicomReadError
 from radiospine.geometry import coordinate_to_patient, find_stack, slice_index_of_instance, slice_plane_distances
 from radiospine.io.decode import load_volume
-from radiospine.io.headers import DicomReadError, read_series_headers
+from radiospine.io.headers import read_series_headers
 from radiospine.io.stacks import SeriesStack
 from radiospine.roi.cut import normalise_intensity
 from radiospine.roi.localizer.grids import (

@@ -18,6 +18,7 @@ import torch
 from radiospine import vocab
 from radiospine.catalog import Catalog
 from radiospine.config import LocalizerConfig, RoiConfig
+from radiospine.errors import DicomReadError
 from radiospine.geometry import (
     StackGeometry,
     patient_to_pixel,
@@ -27,7 +28,6 @@ from radiospine.geometry import (
     slice_plane_distances,
     voxel_to_patient,
 )
-from radiospine.io.headers import DicomReadError
 from radiospine.io.stacks import SeriesStack
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
 from radiospine.roi.localizer.data import StudySeries, load_normalised, read_study_series

@@ -18,6 +18,7 @@ from radiospine.artifacts import atomic_write_text
 from radiospine.checkpoint import ARCHITECTURE_KEY, load_checkpoint, save_checkpoint
 from radiospine.config import LocalizerConfig
 from radiospine.device import resolve_device
+from radiospine.errors import MissingInputError
 from radiospine.roi.localizer.grids import AXIAL_CHANNELS, INPUT_PERCENTILES, SAGITTAL_CHANNELS
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
@@ -75,7 +76,7 @@ def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
     folder = Path(folder)
     path = folder / "localizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {TRAIN_FIX}")
+        raise MissingInputError(f"{path} does not exist: {TRAIN_FIX}")
     description = json.loads(path.read_text())
     target = resolve_device(device, DEVICE_KEY)
     nets = {}

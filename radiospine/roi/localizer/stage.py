@@ -14,6 +14,7 @@ from sklearn.model_selection import KFold
 from radiospine.artifacts import atomic_path, atomic_write_text, is_up_to_date, write_manifest
 from radiospine.catalog import scan
 from radiospine.config import LocalizerConfig, RoiConfig, config_hash
+from radiospine.errors import DataError
 from radiospine.hashing import short_hash
 from radiospine.labels import load_label_coordinates, write_label_coordinates
 from radiospine.roi.localizer.data import read_study_series, training_stacks_for_study
@@ -22,19 +23,9 @@ from radiospine.roi.localizer.inference import coordinates_from_provenance, pred
 from radiospine.roi.localizer.model import load_localizer, save_localizer
 from radiospine.roi.localizer.training import fit_localizer
 from radiospine.threads import thread_budget
+from radiospine.workspace import Workspace, provenance_path
 
 log = logging.getLogger(__name__)
-
-
-def localizer_dir(work_dir: str | Path) -> Path:
-    """``WORK/localizer``: weights, their description, out-of-fold and split coordinates."""
-    return Path(work_dir) / "localizer"
-
-
-def provenance_path(coordinates_path: str | Path) -> Path:
-    """``coords.csv`` -> ``coords.provenance.csv``: where each point of a coordinates file came from."""
-    path = Path(coordinates_path)
-    return path.with_name(f"{path.stem}.provenance.csv")
 
 
 def write_coordinates(provenance: pd.DataFrame, path: str | Path) -> Path:
@@ -58,7 +49,8 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
     (:mod:`radiospine.threads`; they do not change the weights).
     """
     data_dir = Path(data_dir)
-    folder = localizer_dir(work_dir)
+    workspace = Workspace(work_dir)
+    folder = workspace.localizer_dir
     catalog = scan(data_dir, "train", study_ids=None if study_ids is None else list(study_ids))
     coords_path = data_dir / "train_label_coordinates.csv"
     coords = load_label_coordinates(coords_path)
@@ -70,8 +62,8 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
         return json.loads((folder / "localizer.json").read_text())["training"]
     ids = sorted(set(catalog.study_ids) & set(coords["study_id"].tolist()))
     if not ids:
-        raise ValueError(f"no study of {data_dir / 'train_images'} has coordinates in "
-                         f"{data_dir / 'train_label_coordinates.csv'}: nothing to train the localiser on")
+        raise DataError(f"no study of {data_dir / 'train_images'} has coordinates in "
+                        f"{data_dir / 'train_label_coordinates.csv'}: nothing to train the localiser on")
     started = time.perf_counter()
     by_study = {sid: training_stacks_for_study(read_study_series(catalog, sid), coords, config) for sid in ids}
     preparation = time.perf_counter() - started
@@ -93,7 +85,7 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
                 fold_localizer, _ = fit_localizer(fold_stacks, config)
                 tables.append(predict_studies(fold_localizer, catalog, [ids[i] for i in held_out], roi_config))
             log.info("out-of-fold: fold %d/%d done", fold + 1, folds.get_n_splits())
-        write_coordinates(pd.concat(tables, ignore_index=True), folder / "oof_coordinates.csv")
+        write_coordinates(pd.concat(tables, ignore_index=True), workspace.oof_coordinates)
         report["out_of_fold_seconds"] = round(time.perf_counter() - started, 1)
         save_localizer(localizer, folder, extra={"training": report})
     write_manifest(folder, stage="localizer", config=config, inputs=inputs, extra={"training": report})
@@ -111,9 +103,10 @@ def localize(data_dir: str | Path, split: str, work_dir: str | Path, roi_config:
     ``<out stem>.evaluation.csv`` and the evaluation summary in the JSON. ``threads``: torch's compute threads
     on the CPU (:mod:`radiospine.threads`).
     """
-    localizer = load_localizer(localizer_dir(work_dir), device)
+    workspace = Workspace(work_dir)
+    localizer = load_localizer(workspace.localizer_dir, device)
     catalog = scan(data_dir, split)
-    out = Path(out) if out is not None else localizer_dir(work_dir) / f"{split}_coordinates.csv"
+    out = Path(out) if out is not None else workspace.coordinates(split)
     started = time.perf_counter()
     with thread_budget(threads):
         provenance = predict_studies(localizer, catalog, catalog.study_ids, roi_config)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from radiospine.config import LocalizerConfig
 from radiospine.device import resolve_device
+from radiospine.errors import DataError
 from radiospine.geometry import patient_to_voxel, pixel_spacing
 from radiospine.roi.localizer.data import TrainingStack
 from radiospine.roi.localizer.grids import AXIAL_CHANNELS, SAGITTAL_CHANNELS, Kind, heatmap_targets, stack_inputs
@@ -73,7 +74,7 @@ def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerCo
     """Train one heatmap U-Net on the stacks of its kind; returns the network (eval mode) and the epoch losses."""
     stacks = [stack for stack in stacks if stack.kind == kind]
     if not stacks:
-        raise ValueError(f"no {kind} training slices: the training studies have no readable series with labels")
+        raise DataError(f"no {kind} training slices: the training studies have no readable series with labels")
     n_out = len(SAGITTAL_CHANNELS) if kind == "sagittal" else len(AXIAL_CHANNELS)
     size = stacks[0].images.shape[1]
     spec = UNetSpec(in_channels=2 * config.neighbour_slices + 1, out_channels=n_out,

@@ -1,1 +1,0 @@
-"""Thin runners, one per stage: config -> library call -> artifact. Run them through `radiospine <stage>`."""

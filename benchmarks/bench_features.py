@@ -37,6 +37,7 @@ import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.monitor import TreeMonitor
+from radiospine import vocab
 from radiospine.config import SynthConfig, load_config
 from radiospine.features.columns import feature_column
 from radiospine.features.driver import compute_features
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                              progress=False)
             ours_seconds = time.perf_counter() - start
         get_reusable_executor().shutdown(wait=True)  # idle workers must not count in the naive loop's RSS
-        table = store.read().set_index(["study_id", "condition", "level"])
+        table = store.read().set_index(list(vocab.KEY_COLUMNS))
 
     with TreeMonitor() as naive_monitor:
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from pydantic import (
 
 from radiospine.errors import ConfigError
 from radiospine.hashing import json_hash
-from radiospine.roi.types import RoiView
+from radiospine.vocab import VIEWS, View
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -229,7 +229,7 @@ class CnnConfig(Section):
 class FeaturesConfig(Section):
     """Feature extraction (``radiospine features``): which views and extractors (:mod:`radiospine.features`)."""
 
-    views: tuple[RoiView, ...] = ("sagittal_t1", "sagittal_t2", "axial_t2")
+    views: tuple[View, ...] = VIEWS
     radiomics: RadiomicsConfig = RadiomicsConfig()
     cnn: CnnConfig = CnnConfig()
 

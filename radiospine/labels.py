@@ -34,7 +34,7 @@ from radiospine.errors import DataError
 #: The columns of ``train.csv``, in the real file's order.
 TRAIN_LABEL_COLUMNS: tuple[str, ...] = ("study_id", *vocab.TARGET_COLUMNS)
 #: The columns of long labels.
-LONG_LABEL_COLUMNS: tuple[str, ...] = ("study_id", "condition", "level", "severity")
+LONG_LABEL_COLUMNS: tuple[str, ...] = (*vocab.KEY_COLUMNS, "severity")
 #: The columns of ``train_label_coordinates.csv``, in the real file's order.
 COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 
@@ -154,7 +154,7 @@ def long_to_wide(long: pd.DataFrame) -> pd.DataFrame:
         bad = severity[labelled & ~severity.isin(range(len(vocab.SEVERITIES)))]
         raise ValueError(f"long labels hold severities {summarize_items(bad.unique().tolist())}; "
                          f"expected 0, 1, 2 or <NA>")
-    keys = long[["study_id", "condition", "level"]].reset_index(drop=True)
+    keys = long[list(vocab.KEY_COLUMNS)].reset_index(drop=True)
     duplicated = keys.duplicated(keep=False)
     if duplicated.any():
         rows = keys[duplicated].drop_duplicates().itertuples(index=False)

@@ -41,7 +41,6 @@ from radiospine.csvio import summarize_items
 from radiospine.errors import DataError, SubmissionError
 from radiospine.labels import LONG_LABEL_COLUMNS, labels_to_long, long_to_wide, target_grid
 from radiospine.submission import (
-    PREDICTION_KEY_COLUMNS,
     ROW_SUM_TOLERANCE,
     normalise_probabilities,
     probability_problems,
@@ -128,7 +127,7 @@ def _row_names(predictions: pd.DataFrame) -> np.ndarray:
     """Each prediction row's ``row_id`` (given, or made from ``study_id, condition, level``)."""
     if "row_id" in predictions.columns:
         return predictions["row_id"].astype(str).to_numpy(dtype=object)
-    if set(PREDICTION_KEY_COLUMNS) <= set(predictions.columns):
+    if set(vocab.KEY_COLUMNS) <= set(predictions.columns):
         return np.array([vocab.make_row_id(s, c, lv) for s, c, lv in zip(
             predictions["study_id"], predictions["condition"], predictions["level"])], dtype=object)
     raise SubmissionError(["has neither a row_id column nor study_id, condition, level"], "predictions")

@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 #: How far a submission row's sum may be from 1.
 ROW_SUM_TOLERANCE = 1e-6
-PREDICTION_KEY_COLUMNS: tuple[str, ...] = ("study_id", "condition", "level")
-LONG_PREDICTION_COLUMNS: tuple[str, ...] = (*PREDICTION_KEY_COLUMNS, *vocab.SEVERITIES)
+LONG_PREDICTION_COLUMNS: tuple[str, ...] = (*vocab.KEY_COLUMNS, *vocab.SEVERITIES)
 
 
 def probability_problems(values: np.ndarray, row_names: Sequence[str], *,
@@ -95,9 +94,9 @@ def _long_predictions(predictions: pd.DataFrame, what: str) -> pd.DataFrame:
         problems.append(f"unknown level(s) {summarize_items(unknown_levels)}")
     if problems:
         raise SubmissionError(problems, what)
-    duplicated = frame.duplicated(list(PREDICTION_KEY_COLUMNS), keep=False)
+    duplicated = frame.duplicated(list(vocab.KEY_COLUMNS), keep=False)
     if duplicated.any():
-        keys = frame.loc[duplicated, list(PREDICTION_KEY_COLUMNS)].drop_duplicates()
+        keys = frame.loc[duplicated, list(vocab.KEY_COLUMNS)].drop_duplicates()
         problem = f"{len(keys)} (study, condition, level) appear more than once: {summarize_items(_row_ids(keys))}"
         raise SubmissionError([problem], what)
     return frame
@@ -123,7 +122,7 @@ def build_submission(predictions: pd.DataFrame, study_ids: Iterable[object]) -> 
     if outside.any():
         log.warning("build_submission: leaving out %d prediction rows of %d studies not asked for",
                     outside.sum(), frame.loc[outside, "study_id"].nunique())
-    merged = grid.merge(frame, on=list(PREDICTION_KEY_COLUMNS), how="left", indicator=True, validate="one_to_one")
+    merged = grid.merge(frame, on=list(vocab.KEY_COLUMNS), how="left", indicator=True, validate="one_to_one")
     row_ids = np.asarray(_row_ids(merged), dtype=object)
     absent = (merged["_merge"] == "left_only").to_numpy()
     if absent.any():
@@ -158,11 +157,11 @@ def fill_missing_with_prior(predictions: pd.DataFrame, study_ids: Iterable[objec
     """
     grid = target_grid(study_ids)
     frame = _long_predictions(predictions, "predictions")
-    prior_keys = list(PREDICTION_KEY_COLUMNS if "study_id" in prior.columns else PREDICTION_KEY_COLUMNS[1:])
+    prior_keys = list(vocab.KEY_COLUMNS if "study_id" in prior.columns else vocab.KEY_COLUMNS[1:])
     _require_columns(prior, [*prior_keys, *vocab.SEVERITIES], "prior")
     if prior.duplicated(prior_keys).any():
         raise SubmissionError([f"keys {prior_keys} appear more than once"], "prior")
-    merged = grid.merge(frame, on=list(PREDICTION_KEY_COLUMNS), how="left", indicator=True, validate="one_to_one")
+    merged = grid.merge(frame, on=list(vocab.KEY_COLUMNS), how="left", indicator=True, validate="one_to_one")
     absent = (merged["_merge"] == "left_only").to_numpy()
     filled = grid.loc[absent].reset_index(drop=True)
     from_prior = filled.merge(prior[[*prior_keys, *vocab.SEVERITIES]], on=prior_keys, how="left", indicator=True)

@@ -1,4 +1,4 @@
-"""The task's vocabulary, defined once: conditions, levels, sides, severities, target columns, row ids.
+"""The task's vocabulary, defined once: conditions, levels, sides, severities, views, key and target columns, row ids.
 
 Everything else in radiospine imports these names; nothing else spells them out.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, get_args
 
 SPINAL: Final = "spinal_canal_stenosis"
 FORAMINAL: Final = "neural_foraminal_narrowing"
@@ -60,6 +60,22 @@ SERIES_FOR_BASE_CONDITION: Final[dict[str, str]] = {
     FORAMINAL: SAGITTAL_T1,
     SUBARTICULAR: AXIAL_T2,
 }
+
+#: The views an ROI can be cut from: which kind of image a crop shows. ``"sagittal_t2"`` the canal,
+#: ``"sagittal_t1"`` the foramina, ``"axial_t2"`` the subarticular recesses (and the canal on axial slices).
+View = Literal["sagittal_t1", "sagittal_t2", "axial_t2"]
+VIEWS: Final[tuple[View, ...]] = get_args(View)
+
+#: The view of each series description.
+VIEW_OF_SERIES: Final[dict[str, View]] = {SAGITTAL_T1: "sagittal_t1", SAGITTAL_T2: "sagittal_t2", AXIAL_T2: "axial_t2"}
+#: The series description of each view: its human name (``"sagittal_t2"`` -> ``"Sagittal T2/STIR"``).
+SERIES_OF_VIEW: Final[dict[View, str]] = {view: series for series, view in VIEW_OF_SERIES.items()}
+#: The view each base condition is graded on (the view of its series in the coordinates file).
+VIEW_OF_BASE_CONDITION: Final[dict[str, View]] = {
+    base: VIEW_OF_SERIES[series] for base, series in SERIES_FOR_BASE_CONDITION.items()}
+
+#: The key of a row of the long tables (labels, predictions, features): one condition at one level of a study.
+KEY_COLUMNS: Final[tuple[str, ...]] = ("study_id", "condition", "level")
 
 SUBMISSION_COLUMNS: Final[tuple[str, ...]] = ("row_id", *SEVERITIES)
 

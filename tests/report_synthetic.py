@@ -26,7 +26,6 @@ from models_synthetic import make_feature_table
 
 from radiospine import vocab
 from radiospine.artifacts import library_versions
-from radiospine.features.base import KEY_COLUMNS
 from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, feature_column, is_status_column, parse_column
 from radiospine.models import cv
 from radiospine.models.ordinal import OrdinalGBMClassifier
@@ -34,11 +33,12 @@ from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbna
 
 _VIEWS_OF_BASE = {vocab.SPINAL: ("sagittal_t2", "axial_t2", "sagittal_t1"), vocab.FORAMINAL: ("sagittal_t1",),
                   vocab.SUBARTICULAR: ("axial_t2",)}
+#: One view per base condition, in :data:`radiospine.vocab.BASE_CONDITIONS` order.
+_VIEWS = tuple(vocab.VIEW_OF_BASE_CONDITION[base] for base in vocab.BASE_CONDITIONS)
 _FILTERS = ("original", "log-sigma-1-0-mm-2D", "log-sigma-3-0-mm-2D", "wavelet-LH", "wavelet-HL", "wavelet-HH")
 _MEASURES = (("firstorder", "Mean"), ("glcm", "Contrast"), ("glcm", "JointEntropy"), ("glrlm", "RunEntropy"),
              ("glszm", "ZoneEntropy"), ("gldm", "DependenceEntropy"), ("ngtdm", "Busyness"),
              ("firstorder", "Entropy"), ("shape2D", "MajorAxisLength"))
-_DESCRIPTIONS = (vocab.SAGITTAL_T1, vocab.SAGITTAL_T2, vocab.AXIAL_T2)
 
 
 def realistic_feature_names(n_radiomics: int, n_cnn: int) -> list[str]:
@@ -47,11 +47,10 @@ def realistic_feature_names(n_radiomics: int, n_cnn: int) -> list[str]:
     radiomics = [feature_column("radiomics", view, f"{prefix}{image_filter}_{cls}_{measure}")
                  for prefix in ("", "mean25d_")
                  for image_filter, (cls, measure), view in itertools.product(
-                     _FILTERS, _MEASURES, ("sagittal_t2", "sagittal_t1", "axial_t2"))]
+                     _FILTERS, _MEASURES, _VIEWS)]
     if n_radiomics > len(radiomics):
         raise ValueError(f"at most {len(radiomics)} synthetic radiomics names, {n_radiomics} asked for")
-    views = ("sagittal_t2", "sagittal_t1", "axial_t2")
-    cnn = [feature_column("cnn", views[j % 3], f"emb_{j // 3:03d}") for j in range(n_cnn)]
+    cnn = [feature_column("cnn", _VIEWS[j % 3], f"emb_{j // 3:03d}") for j in range(n_cnn)]
     return radiomics[:n_radiomics] + cnn
 
 
@@ -103,7 +102,7 @@ def synthetic_report_inputs(
     """Report inputs for ``n_studies`` synthetic studies with ``n_features`` features per row (half radiomics,
     half CNN); see the module docstring. ``thumbnail_views``: thumbnails per row."""
     table = make_feature_table(n_studies, n_features, class_fractions=(0.6, 0.25, 0.15), seed=seed)
-    old_names = [c for c in table.features.columns if c not in KEY_COLUMNS and not is_status_column(c)]
+    old_names = [c for c in table.features.columns if c not in vocab.KEY_COLUMNS and not is_status_column(c)]
     n_radiomics = sum(parse_column(name).extractor == "radiomics" for name in old_names)
     new_names = realistic_feature_names(n_radiomics, len(old_names) - n_radiomics)
     if hostile is not None:
@@ -139,18 +138,18 @@ def synthetic_report_inputs(
         explanations[base] = ConditionExplanation.from_contributions(
             group=base, model=f"synthetic LightGBM ordinal model, {model.n_rounds_} rounds",
             feature_names=list(design.columns), feature_values=design.to_numpy(dtype=np.float64),
-            row_keys=features.iloc[rows][["study_id", "condition", "level"]], contributions=model.shap_values(design),
+            row_keys=features.iloc[rows][list(vocab.KEY_COLUMNS)], contributions=model.shap_values(design),
             outputs=outputs,
         )
 
-    keys = labels[["study_id", "condition", "level"]]
+    keys = labels[list(vocab.KEY_COLUMNS)]
     probability_columns = list(vocab.SEVERITIES)
     oof_predictions = pd.concat([keys, pd.DataFrame(oof, columns=probability_columns)], axis=1)
     predictions = pd.concat([keys, pd.DataFrame(final, columns=probability_columns)], axis=1)
     study_ids = sorted(labels["study_id"].unique().tolist())
     series = pd.DataFrame([
         {"study_id": study_id, "series_id": 1000 * (i + 1) + k, "series_description": description}
-        for i, study_id in enumerate(study_ids) for k, description in enumerate(_DESCRIPTIONS)
+        for i, study_id in enumerate(study_ids) for k, description in enumerate(vocab.SERIES_DESCRIPTIONS)
     ])
     if hostile is not None:
         series.loc[0, "series_description"] = hostile

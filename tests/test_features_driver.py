@@ -19,7 +19,7 @@ import pytest
 
 from radiospine import vocab
 from radiospine.config import CnnConfig, FeaturesConfig, RadiomicsConfig
-from radiospine.features.base import KEY_COLUMNS, STATUS_NO_CROP, STATUS_OK
+from radiospine.features.base import STATUS_NO_CROP, STATUS_OK
 from radiospine.features.cnn import CnnTrainer
 from radiospine.features.columns import parse_column, status_column
 from radiospine.features.driver import StudyCrops, compute_features
@@ -113,7 +113,7 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     # Nothing is silently NaN: a feature is NaN only where its extractor's status says why.
     for extractor in ("radiomics", "cnn"):
         for view in config.views:
-            block = table[[c for c in table.columns if c not in KEY_COLUMNS
+            block = table[[c for c in table.columns if c not in vocab.KEY_COLUMNS
                            and (parse_column(c).extractor, parse_column(c).view) == (extractor, view)]]
             has_crop = np.array([view in status or status == STATUS_OK for status in table[status_column(extractor)]])
             described = block.notna().all(axis=1).to_numpy()

@@ -12,13 +12,12 @@ import pytest
 from radiospine import vocab
 from radiospine.config import FeaturesConfig, RadiomicsConfig
 from radiospine.errors import StoreError
-from radiospine.features.base import KEY_COLUMNS
 from radiospine.features.columns import feature_column, status_column
 from radiospine.features.store import FeatureStore, read_features, table_schema
 
 STATUS = status_column("radiomics")
 MEAN = feature_column("radiomics", "axial_t2", "original_firstorder_Mean")
-COLUMNS = [*KEY_COLUMNS, STATUS, MEAN]
+COLUMNS = [*vocab.KEY_COLUMNS, STATUS, MEAN]
 SCHEMA = table_schema(COLUMNS, {STATUS})
 CONFIG = FeaturesConfig()
 

@@ -17,10 +17,9 @@ from matplotlib.image import imread
 from report_synthetic import synthetic_report_inputs
 
 from radiospine import metrics, vocab
-from radiospine.features.base import ALL_VIEWS
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier
 from radiospine.report import plots, summaries
-from radiospine.report.feature_names import VIEW_SERIES, parse_feature_name
+from radiospine.report.feature_names import parse_feature_name
 from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbnail
 from radiospine.report.render import PAGE_SECTIONS, render_report
 from radiospine.roi.types import Roi, RoiCrop
@@ -250,11 +249,6 @@ def test_feature_names_are_parsed_into_families(name, extractor, view, family, i
     assert (parsed.extractor, parsed.view, parsed.family, parsed.filter, parsed.label) == (
         extractor, view, family, image_filter, label)
     assert len(parsed.short) <= 48
-
-
-def test_every_roi_view_has_a_series_name():
-    assert set(VIEW_SERIES) == set(ALL_VIEWS)
-    assert set(VIEW_SERIES.values()) == set(vocab.SERIES_DESCRIPTIONS)
 
 
 def test_label_distribution_and_loss_per_condition_level():

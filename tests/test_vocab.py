@@ -51,3 +51,26 @@ def test_join_condition_validates_sides() -> None:
     assert vocab.severity_index("Severe") == 2 and vocab.severity_index("moderate") == 1
     with pytest.raises(ValueError):
         vocab.severity_index("Bad")
+
+
+def test_views_and_their_series() -> None:
+    assert vocab.VIEWS == ("sagittal_t1", "sagittal_t2", "axial_t2")
+    assert set(vocab.VIEW_OF_SERIES) == set(vocab.SERIES_DESCRIPTIONS)
+    assert vocab.VIEW_OF_SERIES["Sagittal T2/STIR"] == "sagittal_t2"
+    assert {vocab.VIEW_OF_SERIES[series]: series for series in vocab.SERIES_DESCRIPTIONS} == vocab.SERIES_OF_VIEW
+    assert set(vocab.SERIES_OF_VIEW) == set(vocab.VIEWS)
+
+
+def test_each_base_condition_is_graded_on_the_view_of_its_series() -> None:
+    assert vocab.VIEW_OF_BASE_CONDITION == {"spinal_canal_stenosis": "sagittal_t2",
+                                            "neural_foraminal_narrowing": "sagittal_t1",
+                                            "subarticular_stenosis": "axial_t2"}
+
+
+def test_key_columns_key_the_long_tables() -> None:
+    from radiospine.config import FeaturesConfig
+    from radiospine.labels import LONG_LABEL_COLUMNS
+
+    assert vocab.KEY_COLUMNS == ("study_id", "condition", "level")
+    assert (*vocab.KEY_COLUMNS, "severity") == LONG_LABEL_COLUMNS
+    assert FeaturesConfig().views == vocab.VIEWS

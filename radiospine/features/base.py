@@ -2,8 +2,8 @@
 
 The feature table
 -----------------
-One row per ``(study_id, condition, level)`` (:data:`KEY_COLUMNS`; the side is part of the condition name,
-``left_subarticular_stenosis``). Every study has all 25 keys of :data:`radiospine.vocab.TARGET_COLUMNS`,
+One row per ``(study_id, condition, level)`` (:data:`radiospine.vocab.KEY_COLUMNS`; the side is part of the
+condition name, ``left_subarticular_stenosis``). Every study has all 25 keys of :data:`radiospine.vocab.TARGET_COLUMNS`,
 labelled or not. A key may have crops in several views (the canal on sagittal T2 and on axial T2), so a feature
 column names its extractor, its view and the feature::
 
@@ -31,16 +31,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, get_args, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from radiospine.roi.types import RoiCrop, RoiView
+from radiospine.roi.types import RoiCrop
 
-#: The key columns of the feature table, in order.
-KEY_COLUMNS: tuple[str, ...] = ("study_id", "condition", "level")
-#: Every view a crop can come from (the values of :data:`radiospine.roi.types.RoiView`).
-ALL_VIEWS: tuple[str, ...] = get_args(RoiView)
 #: The status of a key whose crops were all described.
 STATUS_OK = "ok"
 #: The status of a key for which the ROI cutter gave no crop.

@@ -46,7 +46,6 @@ from tqdm.auto import tqdm
 from radiospine import artifacts, vocab
 from radiospine.config import FeaturesConfig
 from radiospine.features.base import (
-    KEY_COLUMNS,
     STATUS_NO_CROP,
     STATUS_OK,
     ExtractionResult,
@@ -108,7 +107,7 @@ def table_columns(extractors: Sequence[Extractor | TrainableExtractor], views: S
 
     Order: the key columns, then per extractor its status column and its features, view by view.
     """
-    columns = list(KEY_COLUMNS)
+    columns = list(vocab.KEY_COLUMNS)
     strings = {"condition", "level"}
     for extractor in extractors:
         columns.append(status_column(extractor.name))

@@ -44,7 +44,6 @@ from pydantic import BaseModel
 
 from radiospine import artifacts, vocab
 from radiospine.errors import MissingInputError, StoreError
-from radiospine.features.base import KEY_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def table_schema(columns: list[str], string_columns: set[str]) -> pa.Schema:
     for name in columns:
         if name == "study_id":
             fields.append(pa.field(name, pa.int64(), nullable=False))
-        elif name in KEY_COLUMNS or name in string_columns:
+        elif name in vocab.KEY_COLUMNS or name in string_columns:
             fields.append(pa.field(name, pa.string(), nullable=False))
         else:
             fields.append(pa.field(name, pa.float64()))
@@ -175,7 +174,7 @@ class FeatureStore:
                              f"(missing {missing[:3]}, unexpected {extra[:3]}, or a column given twice)")
         if not (frame["study_id"] == study_id).all():
             raise ValueError(f"study {study_id}: rows of other studies in its shard")
-        if frame[list(KEY_COLUMNS)].duplicated().any():
+        if frame[list(vocab.KEY_COLUMNS)].duplicated().any():
             raise ValueError(f"study {study_id}: repeated (condition, level) keys")
         # Column by column from numpy (pyarrow's from_pandas spends seconds per shard on ~4,600 columns), and
         # without pandas' metadata (about 1 MB per shard, half the file): the schema's types give the frame back.
@@ -198,7 +197,7 @@ class FeatureStore:
         """
         done = sorted(self.done_studies())
         if not done:
-            columns = (self.manifest() or {}).get("columns", list(KEY_COLUMNS))
+            columns = (self.manifest() or {}).get("columns", list(vocab.KEY_COLUMNS))
             return pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
         frame = pd.concat([pq.read_table(self.shard_path(study_id)).to_pandas() for study_id in done],
                           ignore_index=True)
@@ -207,13 +206,13 @@ class FeatureStore:
 
 def sort_table(frame: pd.DataFrame, *, where: str = "feature table") -> pd.DataFrame:
     """Rows sorted by ``study_id``, then condition and level in vocabulary order; repeated keys raise."""
-    if frame.duplicated(list(KEY_COLUMNS)).any():
+    if frame.duplicated(list(vocab.KEY_COLUMNS)).any():
         raise StoreError(f"{where}: repeated (study_id, condition, level) keys")
     order = pd.DataFrame({
         "study_id": frame["study_id"].to_numpy(),
         "condition": frame["condition"].map(_CONDITION_ORDER).to_numpy(),
         "level": frame["level"].map(_LEVEL_ORDER).to_numpy(),
-    }).sort_values(list(KEY_COLUMNS), kind="stable").index
+    }).sort_values(list(vocab.KEY_COLUMNS), kind="stable").index
     return frame.iloc[order].reset_index(drop=True)
 
 

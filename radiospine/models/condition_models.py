@@ -77,7 +77,7 @@ from radiospine.models.calibration import (
 )
 from radiospine.models.ensemble import blend, fit_blend_weights
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
-from radiospine.submission import PREDICTION_KEY_COLUMNS, fill_missing_with_prior
+from radiospine.submission import fill_missing_with_prior
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
     with ``"__"`` that is no feature or status column name (:func:`radiospine.features.columns.parse_column`), or
     no feature column at all.
     """
-    missing = [column for column in PREDICTION_KEY_COLUMNS if column not in features.columns]
+    missing = [column for column in vocab.KEY_COLUMNS if column not in features.columns]
     if missing:
         raise ValueError(f"the feature table lacks key column(s) {missing}; it needs study_id, condition, level")
     study_ids = pd.to_numeric(features["study_id"], errors="coerce")
@@ -306,7 +306,7 @@ class TrainedModels:
             rows = base == base_condition
             blended = blend([member_proba[name][rows] for name in weights], list(weights.values()))
             proba[rows] = self.calibrators[base_condition].transform(blended)
-        predictions = pd.concat([table[list(PREDICTION_KEY_COLUMNS)],
+        predictions = pd.concat([table[list(vocab.KEY_COLUMNS)],
                                  pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
         return predictions if self.any_severe is None else self.any_severe.transform(predictions)
 
@@ -320,7 +320,7 @@ class TrainedModels:
         ``study_id, condition, level`` rows taken from the prior.
         """
         feature_columns = [c for c in features.columns
-                           if c not in PREDICTION_KEY_COLUMNS and not is_status_column(c)]
+                           if c not in vocab.KEY_COLUMNS and not is_status_column(c)]
         described = features[feature_columns].notna().any(axis=1)
         predictions = self.predict(features[described].reset_index(drop=True))
         return fill_missing_with_prior(predictions, study_ids, prior)
@@ -432,7 +432,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
     prepared = prepare_features(features, config.extractors)
     table, feature_columns = prepared.table, prepared.columns
     labels = metrics.as_long_labels(labels_long)
-    table = table.merge(labels, on=list(PREDICTION_KEY_COLUMNS), how="left", validate="one_to_one")
+    table = table.merge(labels, on=list(vocab.KEY_COLUMNS), how="left", validate="one_to_one")
     labelled_studies = labels.loc[labels["severity"].notna(), "study_id"].unique()
     in_labelled_study = table["study_id"].isin(labelled_studies).to_numpy()
     if not in_labelled_study.all():
@@ -441,7 +441,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
     table = table[in_labelled_study].reset_index(drop=True)
     severity = table["severity"].astype("Float64").fillna(-1).to_numpy(dtype=np.int64)
     labelled = severity >= 0
-    with_features = labels.merge(table[list(PREDICTION_KEY_COLUMNS)], on=list(PREDICTION_KEY_COLUMNS))
+    with_features = labels.merge(table[list(vocab.KEY_COLUMNS)], on=list(vocab.KEY_COLUMNS))
     unmatched = int(labels["severity"].notna().sum() - with_features["severity"].notna().sum())
     if unmatched:
         logger.warning("%d labelled rows have no feature row; they are neither trained on nor scored", unmatched)
@@ -487,7 +487,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
             logger.info("trained %s / %s in %.1f s", group.name, member.name, fit_seconds[group.name][member.name])
         group_models.append(GroupModel(group, tuple(X.columns), fitted))
 
-    keys = table[list(PREDICTION_KEY_COLUMNS)]
+    keys = table[list(vocab.KEY_COLUMNS)]
     metric_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)]
     blend_weights: dict[str, dict[str, float]] = {}
     calibrators: dict[str, Calibrator] = {}
@@ -504,7 +504,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
         calibrators[base_condition], calibrated[rows], calibration_report[base_condition] = _fit_calibration(
             config.calibration, blended, severity, metric_weight, rows, labelled, row_fold)
 
-    scoring_labels = table[[*PREDICTION_KEY_COLUMNS, "severity"]]
+    scoring_labels = table[[*vocab.KEY_COLUMNS, "severity"]]
     final = _long_predictions(keys, calibrated)
     any_severe = None
     if config.any_severe_adjustment:

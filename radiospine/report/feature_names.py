@@ -26,9 +26,6 @@ from radiospine import vocab
 from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column
 from radiospine.features.radiomics import MEAN_PREFIX, N_SLICES_FEATURE
 
-#: The series each crop view is cut from (the view names of :data:`radiospine.roi.types.RoiView`).
-VIEW_SERIES: dict[str, str] = {"sagittal_t1": vocab.SAGITTAL_T1, "sagittal_t2": vocab.SAGITTAL_T2,
-                               "axial_t2": vocab.AXIAL_T2}
 #: pyradiomics' feature classes (``shape`` for 3D input, ``shape2D`` for 2D).
 RADIOMICS_CLASSES: frozenset[str] = frozenset(
     {"shape", "shape2D", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"})
@@ -76,7 +73,7 @@ def parse_feature_name(name: str) -> FeatureName:
     if column is None or column.kind != "feature":
         return FeatureName(name, "", None, OTHER_FAMILY, NO_FILTER, name, _shorten(name))
     extractor, view, feature = column.extractor, column.view, column.name
-    where = f"{extractor}, {VIEW_SERIES.get(view, view)}"
+    where = f"{extractor}, {vocab.SERIES_OF_VIEW.get(view, view)}"
     short_view = view.replace("sagittal_", "sag ").replace("axial_", "ax ")
     if extractor == "cnn":
         label = f"{where}: {feature.replace('_', ' ')}"

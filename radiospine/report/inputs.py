@@ -47,7 +47,6 @@ from radiospine.csvio import summarize_items
 from radiospine.roi.types import RoiCrop
 from radiospine.submission import (
     LONG_PREDICTION_COLUMNS,
-    PREDICTION_KEY_COLUMNS,
     normalise_probabilities,
     probability_problems,
 )
@@ -55,7 +54,7 @@ from radiospine.submission import (
 #: Model group names become file names (``conditions/<group>.html``); they must match this.
 GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 SERIES_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "series_description")
-LABEL_COLUMNS: tuple[str, ...] = (*PREDICTION_KEY_COLUMNS, "severity")
+LABEL_COLUMNS: tuple[str, ...] = (*vocab.KEY_COLUMNS, "severity")
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,9 +262,9 @@ class ReportInputs:
             raise ValueError(f"ReportInputs.labels: severity must be 0, 1, 2 or <NA> (radiospine.labels long form), "
                              f"got {summarize_items(given[bad].unique())}")
         labels["severity"] = severity.astype("Int8")
-        repeated = labels.duplicated(list(PREDICTION_KEY_COLUMNS))
+        repeated = labels.duplicated(list(vocab.KEY_COLUMNS))
         if repeated.any():
-            keys = labels.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None)
+            keys = labels.loc[repeated, list(vocab.KEY_COLUMNS)].itertuples(index=False, name=None)
             raise ValueError(f"ReportInputs.labels repeats (study_id, condition, level): {summarize_items(keys)}")
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "oof_predictions", _prediction_frame(self.oof_predictions,
@@ -308,7 +307,7 @@ def _integer_ids(values: pd.Series, what: str) -> np.ndarray:
 
 def _key_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     """``frame`` with validated key columns (study_id int64, known condition and level), index reset."""
-    frame = _require(frame, PREDICTION_KEY_COLUMNS, what)
+    frame = _require(frame, vocab.KEY_COLUMNS, what)
     unknown_conditions = sorted(set(frame["condition"]) - set(vocab.CONDITIONS))
     unknown_levels = sorted(set(frame["level"]) - set(vocab.LEVELS))
     if unknown_conditions or unknown_levels:
@@ -317,15 +316,15 @@ def _key_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     keys = pd.DataFrame({"study_id": _integer_ids(frame["study_id"], f"{what}.study_id"),
                          "condition": frame["condition"].astype(str).to_numpy(),
                          "level": frame["level"].astype(str).to_numpy()})
-    return keys if list(frame.columns) == list(PREDICTION_KEY_COLUMNS) else pd.concat(
-        [keys, frame.drop(columns=list(PREDICTION_KEY_COLUMNS))], axis=1)
+    return keys if list(frame.columns) == list(vocab.KEY_COLUMNS) else pd.concat(
+        [keys, frame.drop(columns=list(vocab.KEY_COLUMNS))], axis=1)
 
 
 def _prediction_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     frame = _key_frame(_require(frame, LONG_PREDICTION_COLUMNS, what), what)[list(LONG_PREDICTION_COLUMNS)]
-    repeated = frame.duplicated(list(PREDICTION_KEY_COLUMNS))
+    repeated = frame.duplicated(list(vocab.KEY_COLUMNS))
     if repeated.any():
-        keys = frame.loc[repeated, list(PREDICTION_KEY_COLUMNS)].itertuples(index=False, name=None)
+        keys = frame.loc[repeated, list(vocab.KEY_COLUMNS)].itertuples(index=False, name=None)
         raise ValueError(f"{what} repeats (study_id, condition, level): {summarize_items(keys)}")
     values = frame[list(vocab.SEVERITIES)].to_numpy(dtype=np.float64)
     row_names = [vocab.make_row_id(s, c, lv) for s, c, lv in zip(frame["study_id"], frame["condition"],

@@ -20,9 +20,8 @@ import pandas as pd
 from radiospine import metrics, vocab
 from radiospine.report.feature_names import parse_feature_name
 from radiospine.report.inputs import ConditionExplanation, ShapOutput
-from radiospine.submission import PREDICTION_KEY_COLUMNS
 
-_KEYS = list(PREDICTION_KEY_COLUMNS)
+_KEYS = list(vocab.KEY_COLUMNS)
 _WEIGHTS = np.asarray(vocab.SEVERITY_WEIGHTS, dtype=np.float64)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from radiospine import vocab
 from radiospine.config import RoiConfig
 from radiospine.errors import DataError, MissingInputError
 from radiospine.labels import load_label_coordinates
@@ -30,9 +31,9 @@ def load_predicted_coordinates(path: str | Path) -> pd.DataFrame:
     provenance_file = provenance_path(path)
     if not provenance_file.is_file():
         raise MissingInputError(f"{provenance_file} is missing beside {path}: re-run the localiser that wrote it")
-    provenance = pd.read_csv(provenance_file, usecols=["study_id", "condition", "level", "source"])
-    provenance = provenance[provenance["source"] != "missing"].drop_duplicates(["study_id", "condition", "level"])
-    merged = coords.merge(provenance, on=["study_id", "condition", "level"], how="left", validate="many_to_one")
+    provenance = pd.read_csv(provenance_file, usecols=[*vocab.KEY_COLUMNS, "source"])
+    provenance = provenance[provenance["source"] != "missing"].drop_duplicates(list(vocab.KEY_COLUMNS))
+    merged = coords.merge(provenance, on=list(vocab.KEY_COLUMNS), how="left", validate="many_to_one")
     if merged["source"].isna().any():
         row = merged[merged["source"].isna()].iloc[0]
         raise DataError(f"{provenance_file} has no row for study {row.study_id} {row.condition} {row.level} of "

@@ -1,7 +1,7 @@
 """ROIs from coordinates: place them in patient space, cut crops resampled to a fixed pixel spacing, add masks.
 
-Which image shows which condition (``VIEW_OF_BASE``)
-----------------------------------------------------
+Which image shows which condition (:data:`radiospine.vocab.VIEW_OF_BASE_CONDITION`)
+-----------------------------------------------------------------------------
 * spinal canal: the Sagittal T2/STIR slice the coordinate is on; with ``roi.canal_on_axial`` also the canal on
   the Axial T2 slice through the disc (a cross-series view, see :func:`place_rois`);
 * neural foramen: the Sagittal T1 slice of that side the coordinate is on;
@@ -61,16 +61,9 @@ from radiospine.geometry import (
     slice_spacing_mm,
 )
 from radiospine.roi.axial import assign_axial_levels, chosen_slices
-from radiospine.roi.types import Roi, RoiCrop, RoiSource, RoiView
+from radiospine.roi.types import Roi, RoiCrop, RoiSource
 
 log = logging.getLogger(__name__)
-
-#: The view each base condition is marked on (and cut from first).
-VIEW_OF_BASE: dict[str, RoiView] = {
-    vocab.SPINAL: "sagittal_t2",
-    vocab.FORAMINAL: "sagittal_t1",
-    vocab.SUBARTICULAR: "axial_t2",
-}
 
 #: Columns a coordinates frame must have (as :func:`radiospine.labels.load_label_coordinates` returns);
 #: an optional ``source`` column (``label`` / ``predicted`` / ``fallback``) says where each point came from.
@@ -248,7 +241,7 @@ def place_rois(study_id: int, coords: pd.DataFrame, stacks_by_series: Mapping[in
     for row in rows.itertuples(index=False):
         condition, level = str(row.condition), str(row.level)
         base = vocab.split_condition(condition).base
-        view = VIEW_OF_BASE[base]
+        view = vocab.VIEW_OF_BASE_CONDITION[base]
         source: RoiSource = getattr(row, "source", "label") if "source" in rows.columns else "label"
         if (condition, level) in done:
             log.warning("study %s: more than one coordinate for %s %s; using the first", study_id, condition, level)
@@ -291,8 +284,8 @@ def place_rois(study_id: int, coords: pd.DataFrame, stacks_by_series: Mapping[in
         for level in vocab.LEVELS:
             if (condition, level) not in done and not any(
                     f.condition == condition and f.level == level for f in failures):
-                failures.append(RoiFailure(int(study_id), condition, level,
-                                           VIEW_OF_BASE[vocab.split_condition(condition).base], NO_COORDINATE))
+                view = vocab.VIEW_OF_BASE_CONDITION[vocab.split_condition(condition).base]
+                failures.append(RoiFailure(int(study_id), condition, level, view, NO_COORDINATE))
     return rois, failures
 
 

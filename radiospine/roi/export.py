@@ -81,8 +81,7 @@ def export_crops(data_dir: str | Path, split: str, work_dir: str | Path, out_dir
         log.info("exported study %s (%d/%d): %d crops, %d failures", study_id, number, len(study_ids), len(crops),
                  len(study_failures))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    failure_table = pd.DataFrame([vars(f) for f in failures], columns=["study_id", "condition", "level", "view",
-                                                                        "reason"])
+    failure_table = pd.DataFrame([vars(f) for f in failures], columns=[*vocab.KEY_COLUMNS, "view", "reason"])
     for table, name in ((index, "index.csv"), (failure_table, "failures.csv")):
         with atomic_path(out_dir / name) as tmp:
             table.to_csv(tmp, index=False, lineterminator="\n")

@@ -7,12 +7,10 @@ from typing import Literal
 
 import numpy as np
 
+from radiospine.vocab import View
+
 #: Where an ROI centre came from: a label coordinate, the localiser, or geometry shared from another series.
 RoiSource = Literal["label", "predicted", "fallback"]
-
-#: The views an ROI can be cut from. ``"sagittal_t2"`` canal, ``"sagittal_t1"`` foramen,
-#: ``"axial_t2"`` subarticular recess (and cross-series views such as the canal on axial slices).
-RoiView = Literal["sagittal_t1", "sagittal_t2", "axial_t2"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class Roi:
     stack_index: int
     condition: str
     level: str
-    view: RoiView
+    view: View
     centre_lps: tuple[float, float, float]
     size_mm: tuple[float, float]
     slice_indices: tuple[int, ...]

@@ -34,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from radiospine import artifacts
-    from radiospine.features.base import KEY_COLUMNS
+    from radiospine import artifacts, vocab
     from radiospine.features.columns import is_status_column
     from radiospine.features.stage import run_features_stage
     from radiospine.features.store import read_features
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     timings["predict"] = time.perf_counter() - step
 
     if len(filled):
-        filled = filled.merge(features[[*KEY_COLUMNS, *status_columns]], on=list(KEY_COLUMNS), how="left")
+        filled = filled.merge(features[[*vocab.KEY_COLUMNS, *status_columns]], on=list(vocab.KEY_COLUMNS), how="left")
         with artifacts.atomic_path(out.with_name(f"{out.stem}.filled.csv")) as tmp:
             filled.to_csv(tmp, index=False)
         by_study = filled.groupby("study_id").size()

@@ -54,18 +54,20 @@ class CropThumbnails:
 
 def _explanations(models, features) -> dict:
     """Exact TreeSHAP of each group's first member on the split's rows."""
+    from radiospine import vocab
     from radiospine.report.inputs import ConditionExplanation
 
+    normal_mild, moderate, severe = vocab.SEVERITY_LABELS
     explanations = {}
     for group_model, rows, X in models.design_matrices(features):
         name, estimator = next(iter(group_model.members.items()))
         formulation = name.rsplit("_", 1)[-1]
         if formulation == "ordinal":
-            outputs = [(f"{name}: log-odds of P(> Normal/Mild)", "Moderate or Severe"),
-                       (f"{name}: log-odds of P(> Moderate)", "Severe")]
+            outputs = [(f"{name}: log-odds of P(> {normal_mild})", f"{moderate} or {severe}"),
+                       (f"{name}: log-odds of P(> {moderate})", severe)]
         else:
-            outputs = [(f"{name}: margin of {label}", label) for label in ("Normal/Mild", "Moderate", "Severe")]
-        keys = features.loc[rows, ["study_id", "condition", "level"]].reset_index(drop=True)
+            outputs = [(f"{name}: margin of {label}", label) for label in vocab.SEVERITY_LABELS]
+        keys = features.loc[rows, list(vocab.KEY_COLUMNS)].reset_index(drop=True)
         explanations[group_model.group.name] = ConditionExplanation.from_contributions(
             group_model.group.name, name, list(X.columns), X, keys, estimator.shap_values(X), outputs)
     return explanations

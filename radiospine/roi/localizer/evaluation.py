@@ -11,8 +11,7 @@ from radiospine.geometry import in_plane_distance
 from radiospine.roi.localizer.data import placed_points, read_study_series
 
 #: Columns of :func:`evaluate_points`' table.
-EVALUATION_COLUMNS = ["study_id", "condition", "level", "found", "error_mm", "in_plane_error_mm", "same_instance",
-                      "wrong_level"]
+EVALUATION_COLUMNS = [*vocab.KEY_COLUMNS, "found", "error_mm", "in_plane_error_mm", "same_instance", "wrong_level"]
 
 
 def evaluate_points(catalog: Catalog, predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from radiospine import __version__
 from radiospine.config import config_hash
+from radiospine.errors import DataError
 
 MANIFEST_NAME = "_manifest.json"
 _UMASK = os.umask(0o022)
@@ -88,7 +89,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); delete it to re-run the stage") from None
+        raise DataError(f"{path} is not valid JSON ({exc}); delete it to re-run the stage") from None
 
 
 def is_up_to_date(folder: str | Path, *, config: BaseModel, inputs: Mapping[str, str] | None = None) -> bool:

@@ -48,6 +48,7 @@ from radiospine import artifacts, vocab
 from radiospine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from radiospine.config import CnnConfig
 from radiospine.device import resolve_device
+from radiospine.errors import DataError
 from radiospine.features.base import ExtractionResult
 from radiospine.hashing import canonical_json, json_hash, sha256_hex, sha256_stream, short_hash
 from radiospine.roi.types import RoiCrop
@@ -357,9 +358,9 @@ class CnnTrainer:
         rows = self._write_training_rows(workdir, sorted(int(s) for s in study_ids))
         labelled_studies = np.unique(rows["study_id"])
         if len(labelled_studies) < config.folds:
-            raise ValueError(f"the CNN needs labelled crops from at least features.cnn.folds={config.folds} "
-                             f"studies for out-of-fold embeddings, found {len(labelled_studies)}; lower "
-                             f"features.cnn.folds or name a checkpoint in features.cnn.checkpoint")
+            raise DataError(f"the CNN needs labelled crops from at least features.cnn.folds={config.folds} "
+                            f"studies for out-of-fold embeddings, found {len(labelled_studies)}; lower "
+                            f"features.cnn.folds or name a checkpoint in features.cnn.checkpoint")
         fold_of_study: dict[int, int] = {}
         plan: list[tuple[str, np.ndarray, int]] = []
         for fold, (train_idx, held_idx) in enumerate(
@@ -434,8 +435,8 @@ class CnnTrainer:
                     labels += [label for _, label in found]
                     conditions += [base_condition_index(str(c)) for c in prepared["condition"][index]]
         if not labels:
-            raise ValueError("no crop of this split has a label: the CNN cannot be trained; check the labels "
-                             "file or name a checkpoint in features.cnn.checkpoint")
+            raise DataError("no crop of this split has a label: the CNN cannot be trained; check the labels "
+                            "file or name a checkpoint in features.cnn.checkpoint")
         rows = {"study_id": np.asarray(study_of_row, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64),
                 "condition": np.asarray(conditions, dtype=np.int64)}
         for name in ("study_id", "label", "condition"):

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from radiospine import artifacts, vocab
 from radiospine.config import FeaturesConfig
+from radiospine.errors import UserError
 from radiospine.features.base import (
     STATUS_NO_CROP,
     STATUS_OK,
@@ -361,8 +362,8 @@ def _on_dask(task: Callable[[int], tuple], study_ids: Sequence[int], scheduler: 
     try:
         client = Client(scheduler, timeout="30s")
     except OSError as exc:
-        raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one "
-                         f"(`dask scheduler`) or drop --scheduler") from None
+        raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one "
+                        f"(`dask scheduler`) or drop --scheduler") from None
     with client:
         shared_task = client.scatter(task, broadcast=True, hash=False)
         futures = [client.submit(_call, shared_task, study_id, pure=False) for study_id in study_ids]

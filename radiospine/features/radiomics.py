@@ -50,7 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from radiospine.errors import MissingInputError
+from radiospine.errors import ConfigError, MissingInputError
 from radiospine.features.base import ExtractionResult
 from radiospine.features.radiomics_batch import TextureInput, texture_features
 from radiospine.hashing import json_hash
@@ -308,18 +308,18 @@ def _pyradiomics_extractor(params_text: str, where_path: str) -> Any:
     try:
         params = yaml.safe_load(params_text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{where} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
     if not isinstance(params, dict):
-        raise ValueError(f"{where} must hold a mapping with imageType, featureClass and setting")
+        raise ConfigError(f"{where} must hold a mapping with imageType, featureClass and setting")
     for section, names in _THREE_D_ONLY.items():
         bad = [name for name in names if name in (params.get(section) or {})]
         if bad:
-            raise ValueError(f"{where}: {section} {bad} need 3D images; radiospine passes 2D slices "
-                             f"(use shape2D for shape) - remove them")
+            raise ConfigError(f"{where}: {section} {bad} need 3D images; radiospine passes 2D slices "
+                              f"(use shape2D for shape) - remove them")
     bad = [name for name in _MASK_DEPENDENT_SETTINGS if (params.get("setting") or {}).get(name) is not None]
     if bad:
-        raise ValueError(f"{where}: settings {bad} are not supported: crops arrive resampled to a fixed "
-                         f"spacing by the ROI cutter (roi.pixel_mm) - remove them")
+        raise ConfigError(f"{where}: settings {bad} are not supported: crops arrive resampled to a fixed "
+                          f"spacing by the ROI cutter (roi.pixel_mm) - remove them")
     drop = _DropMessage(_BIN_COUNT_WARNING)
     construction_logger = logging.getLogger("radiomics.featureextractor")
     construction_logger.addFilter(drop)
@@ -327,7 +327,7 @@ def _pyradiomics_extractor(params_text: str, where_path: str) -> Any:
         with quiet_pyradiomics():
             return featureextractor.RadiomicsFeatureExtractor(params)
     except Exception as exc:  # noqa: BLE001 -- pykwalify's schema errors have several types; name the file either way
-        raise ValueError(f"{where} is not a valid pyradiomics parameter file: {_reason(exc)}") from None
+        raise ConfigError(f"{where} is not a valid pyradiomics parameter file: {_reason(exc)}") from None
     finally:
         construction_logger.removeFilter(drop)
 

@@ -56,7 +56,7 @@ from radiospine import metrics, vocab
 from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
 from radiospine.config import ModelMember, ModelsConfig, config_hash
 from radiospine.csvio import summarize_items
-from radiospine.errors import DataError, MissingInputError
+from radiospine.errors import ConfigError, DataError, MissingInputError
 from radiospine.features.base import STATUS_OK
 from radiospine.features.columns import (
     KEY_PREFIX,
@@ -210,11 +210,11 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
     if extractors is not None:
         unknown = sorted(set(extractors) - set(available))
         if unknown:
-            raise ValueError(f"models.extractors names {unknown}, absent from the feature table (it has "
-                             f"{available})")
+            raise ConfigError(f"models.extractors names {unknown}, absent from the feature table (it has "
+                              f"{available})")
         candidates = [column for column in candidates if extractor_of[column] in extractors]
     if not candidates:
-        raise ValueError("the feature table has no feature column (<extractor>__<name>); run the feature stage")
+        raise DataError("the feature table has no feature column (<extractor>__<name>); run the feature stage")
     non_numeric = [column for column in candidates
                    if not is_numeric_dtype(features[column]) or is_bool_dtype(features[column])]
     if non_numeric:
@@ -298,8 +298,8 @@ class TrainedModels:
                 member_proba[name][rows] = cv.class_proba(estimator, X, N_CLASSES)
             covered |= rows
         if not covered.all():
-            raise ValueError(f"no model was trained for condition(s) "
-                             f"{sorted(set(table.loc[~covered, 'condition']))}; train with these conditions")
+            raise DataError(f"no model was trained for condition(s) "
+                            f"{sorted(set(table.loc[~covered, 'condition']))}; train with these conditions")
         proba = np.empty((len(table), N_CLASSES))
         base = _base_conditions(table["condition"])
         for base_condition, weights in self.blend_weights.items():
@@ -340,8 +340,8 @@ class TrainedModels:
             extractor_columns = [c for c in group_model.feature_columns if parse_column(c).kind != "key"]
             absent = [column for column in extractor_columns if column not in table.columns]
             if absent:
-                raise ValueError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
-                                 f"{group_model.group.name} was trained on; use the feature config of training")
+                raise DataError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
+                                f"{group_model.group.name} was trained on; use the feature config of training")
             yield group_model, rows, _design_matrix(table, group_model.group, extractor_columns)
 
     def _member_names(self) -> list[str]:
@@ -394,7 +394,7 @@ class TrainedModels:
         except json.JSONDecodeError as exc:
             raise DataError(f"{card_path} is not valid JSON ({exc}); train and save the models again") from None
         if card.get("format") != CARD_FORMAT:
-            raise ValueError(f"{card_path} has format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+            raise DataError(f"{card_path} has format {card.get('format')!r}, expected {CARD_FORMAT!r}")
         config = ModelsConfig.model_validate(card["config"])
         formulations = {member.name: member.formulation for member in config.members}
         groups = []
@@ -448,8 +448,8 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
     base = _base_conditions(table["condition"])
     absent = [b for b in vocab.BASE_CONDITIONS if not (labelled & (base == b)).any()]
     if absent:
-        raise ValueError(f"no labelled feature rows for {absent}: the models (and the metric's parts) need "
-                         f"all of {list(vocab.BASE_CONDITIONS)}")
+        raise DataError(f"no labelled feature rows for {absent}: the models (and the metric's parts) need "
+                        f"all of {list(vocab.BASE_CONDITIONS)}")
 
     folds = cv.assign_study_folds(labels[labels["study_id"].isin(table["study_id"])], config.n_folds, config.seed)
     row_fold = table["study_id"].map(folds).to_numpy(dtype=np.int64)
@@ -482,7 +482,7 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
                 split = group.level is not None or group.side is not None
                 hint = ("; with share_levels or share_sides false each model sees one level or side only: set "
                         "them true or add studies") if split else ""
-                raise ValueError(f"model {group.name}, member {member.name}: {exc}{hint}") from exc
+                raise DataError(f"model {group.name}, member {member.name}: {exc}{hint}") from exc
             fit_seconds[group.name][member.name] = round(time.perf_counter() - start, 3)
             logger.info("trained %s / %s in %.1f s", group.name, member.name, fit_seconds[group.name][member.name])
         group_models.append(GroupModel(group, tuple(X.columns), fitted))

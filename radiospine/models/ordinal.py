@@ -493,7 +493,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         except json.JSONDecodeError as exc:
             raise DataError(f"{card_path} is not valid JSON ({exc}); save the model again with to_native()") from None
         if card.get("format") != NATIVE_FORMAT or card.get("estimator") != cls.__name__:
-            raise ValueError(
+            raise DataError(
                 f"{card_path} holds {card.get('estimator')!r} in format {card.get('format')!r}; "
                 f"{cls.__name__}.from_native reads format {NATIVE_FORMAT!r} written by {cls.__name__}.to_native"
             )

@@ -89,3 +89,11 @@ def test_an_out_of_range_argument_is_a_user_error(tmp_path, capsys) -> None:
     assert main(["features", "--data", str(tmp_path), "--split", "train", "--work", str(tmp_path),
                  "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_missing_stage_artifact_is_one_line(tmp_path, capsys) -> None:
+    assert main(["report", "--data", str(tmp_path), "--work", str(tmp_path / "work"), "--out",
+                 str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radiospine report: error: ") and "model_card.json does not exist" in err
+    assert err.count("\n") == 1

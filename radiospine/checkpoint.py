@@ -22,16 +22,13 @@ from typing import Any
 import torch
 
 from radiospine import artifacts
+from radiospine.errors import CheckpointError, MissingInputError
 from radiospine.hashing import file_sha256
 
 #: Sidecar key holding the architecture.
 ARCHITECTURE_KEY = "architecture"
 #: Sidecar key holding the SHA-256 of the weights file.
 HASH_KEY = "state_sha256"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (sidecar missing or unreadable, weights not matching or unreadable)."""
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -87,7 +84,7 @@ def load_checkpoint(path: str | Path, *, fix: str, map_location: str | torch.dev
         ``(state_dict, sidecar)``: parameter name -> tensor, and the sidecar dict (see :func:`read_checkpoint_meta`).
 
     Raises:
-        FileNotFoundError: the weights file does not exist.
+        MissingInputError: the weights file does not exist (a ``FileNotFoundError``).
         CheckpointError: the sidecar is missing or unreadable, the weights do not match its hash, or torch cannot
             read them.
     """
@@ -105,7 +102,7 @@ def load_checkpoint(path: str | Path, *, fix: str, map_location: str | torch.dev
 def _verified_sidecar(path: Path, *, fix: str) -> dict[str, Any]:
     """The sidecar of ``path`` after checking that both files exist and the weights' hash matches."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; {fix}")
+        raise MissingInputError(f"checkpoint {path} does not exist; {fix}")
     meta_path = sidecar_path(path)
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint {path}: its sidecar {meta_path.name} is missing (the checkpoint is "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from radiospine.errors import ConfigError
+
 #: The values a ``device`` setting takes.
 DEVICE_SETTINGS: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -19,13 +21,13 @@ def resolve_device(setting: str, key: str) -> torch.device:
         ``torch.device("cuda")`` or ``torch.device("cpu")``.
 
     Raises:
-        ValueError: ``"cuda"`` when torch sees no GPU, or a setting that is none of :data:`DEVICE_SETTINGS`; the
+        ConfigError: ``"cuda"`` when torch sees no GPU, or a setting that is none of :data:`DEVICE_SETTINGS`; the
             message names ``key`` and the values to use instead.
     """
     if setting not in DEVICE_SETTINGS:
-        raise ValueError(f"{key} is {setting!r}; expected one of {', '.join(DEVICE_SETTINGS)}")
+        raise ConfigError(f"{key} is {setting!r}; expected one of {', '.join(DEVICE_SETTINGS)}")
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{key} is 'cuda' but torch sees no GPU; set {key} to 'auto' or 'cpu'")
+        raise ConfigError(f"{key} is 'cuda' but torch sees no GPU; set {key} to 'auto' or 'cpu'")
     return torch.device(setting)

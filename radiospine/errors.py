@@ -49,6 +49,10 @@ class RoiError(RadiospineError, ValueError):
     """An ROI that cannot be placed or cut; the message names the study, condition, level and the cause."""
 
 
+class CheckpointError(RadiospineError, ValueError):
+    """A checkpoint that cannot be used (sidecar missing or unreadable, weights not matching or unreadable)."""
+
+
 class StoreError(RadiospineError, ValueError):
     """The feature folder is in a state a run cannot continue from; the message says what to do."""
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from radiospine.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
     sidecar_path,
 )
+from radiospine.errors import CheckpointError, MissingInputError
 from radiospine.hashing import file_sha256
 
 FIX = "train it again with `make it`"
@@ -44,7 +44,7 @@ def test_a_tampered_weights_file_is_refused_naming_file_and_fix(tmp_path: Path) 
 
 
 def test_missing_or_corrupt_files_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"absent.pt does not exist; train it again"):
+    with pytest.raises(MissingInputError, match=r"absent.pt does not exist; train it again"):
         load_checkpoint(tmp_path / "absent.pt", fix=FIX)
     path, _ = saved(tmp_path)
     sidecar = json.loads(sidecar_path(path).read_text())

@@ -63,7 +63,7 @@ def test_very_verbose_shows_the_traceback_of_a_radiospine_error(runner) -> None:
 
 def test_project_errors_keep_their_second_base() -> None:
     for name in ("ConfigError", "CatalogError", "DicomReadError", "RoiError", "StoreError", "SubmissionError",
-                 "DataError"):
+                 "CheckpointError", "DataError"):
         cls = getattr(errors, name)
         assert issubclass(cls, errors.RadiospineError) and issubclass(cls, ValueError), name
     assert issubclass(errors.MissingInputError, FileNotFoundError)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from radiospine.device import resolve_device
+from radiospine.errors import ConfigError
 
 
 def test_auto_takes_cuda_when_available_else_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,7 +21,7 @@ def test_auto_takes_cuda_when_available_else_cpu(monkeypatch: pytest.MonkeyPatch
 
 def test_cuda_without_a_gpu_and_unknown_settings_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match=r"features.cnn.device is .cuda. but torch sees no GPU; set features.cnn"):
+    with pytest.raises(ConfigError, match=r"features.cnn.device is .cuda. but torch sees no GPU; set features.cnn"):
         resolve_device("cuda", "features.cnn.device")
-    with pytest.raises(ValueError, match=r"localizer.device is 'gpu'; expected one of auto, cpu, cuda"):
+    with pytest.raises(ConfigError, match=r"localizer.device is 'gpu'; expected one of auto, cpu, cuda"):
         resolve_device("gpu", "localizer.device")

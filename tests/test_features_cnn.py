@@ -11,8 +11,9 @@ import pytest
 import torch
 from features_synthetic import disc_crop, labels_of, study_crops
 
-from radiospine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from radiospine.checkpoint import load_checkpoint, save_checkpoint
 from radiospine.config import CnnConfig
+from radiospine.errors import CheckpointError
 from radiospine.features.cnn import (
     FULL_MODEL,
     OOF_RECORD,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from radiospine.checkpoint import CheckpointError
 from radiospine.config import LocalizerConfig
+from radiospine.errors import CheckpointError
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
 from radiospine.roi.localizer.grids import (

@@ -71,7 +71,7 @@ def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
 
     Raises:
         FileNotFoundError: ``localizer.json`` or a weights file is missing.
-        radiospine.checkpoint.CheckpointError: a checkpoint's sidecar is missing or its weights do not match it.
+        radiospine.errors.CheckpointError: a checkpoint's sidecar is missing or its weights do not match it.
     """
     folder = Path(folder)
     path = folder / "localizer.json"

@@ -46,7 +46,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from radiospine.errors import DicomReadError
+from radiospine.errors import DicomReadError, MissingInputError
 from radiospine.io.stacks import SeriesStack, SkippedFile, SliceHeader, split_into_stacks
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,13 @@ def read_series_headers(
         The stacks, ordered by smallest instance number (``stack_index`` = position in the list).
 
     Raises:
-        FileNotFoundError: ``series_dir`` is not a folder.
+        MissingInputError: ``series_dir`` is not a folder (a ``FileNotFoundError``).
         ValueError: the folder names are not integer ids and no ids were given.
         DicomReadError: no ``*.dcm`` file, no usable file, or (``strict``) any unusable file.
     """
     series_dir = Path(series_dir)
     if not series_dir.is_dir():
-        raise FileNotFoundError(f"series folder {series_dir} does not exist or is not a folder")
+        raise MissingInputError(f"series folder {series_dir} does not exist or is not a folder")
     study_id = _id_from_folder(study_id, series_dir.parent, "study_id", series_dir)
     series_id = _id_from_folder(series_id, series_dir, "series_id", series_dir)
 

@@ -26,7 +26,7 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned to the CPU build (see DESIGN.md section 5); an unpinned torch pulls CUDA.
+	# torch is pinned to the CPU build (docs/design.md section 12); an unpinned torch pulls CUDA.
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 

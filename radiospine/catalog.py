@@ -1,6 +1,6 @@
 """Scan a data folder in the Kaggle layout into tables of studies, series and instances.
 
-Layout (DESIGN.md section 1)::
+Layout (docs/design.md section 1)::
 
     DATA/{split}_series_descriptions.csv     study_id,series_id,series_description
     DATA/{split}_images/<study_id>/<series_id>/<instance_number>.dcm

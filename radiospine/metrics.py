@@ -221,8 +221,8 @@ def weighted_prior(train_labels: pd.DataFrame, pseudo_count: float = 0.0) -> pd.
 
     For each target column, ``p_k = w_k * (n_k + pseudo_count) / sum_j w_j * (n_j + pseudo_count)`` with
     ``n_k`` the number of labelled rows of class ``k``; this constant minimises the weighted log loss of
-    the column on the labels it is fitted on (pseudo_count 0 gives DESIGN.md's reference 0.7897 on the real
-    training labels).
+    the column on the labels it is fitted on (pseudo_count 0 gives the reference 0.7897 on the real
+    training labels, docs/design.md section 8).
 
     Args:
         train_labels: long or wide labels; missing labels are not counted.

@@ -4,7 +4,7 @@ What is computed is decided by a pyradiomics parameter file (pyradiomics' own YA
 ``configs/radiomics/``); this module decides only how images reach pyradiomics:
 
 * Every slice of a crop is passed as a **2D** SimpleITK image (spacing ``pixel_mm`` x ``pixel_mm``) with its 2D
-  mask. (One-slice 3D images with ``force2D`` would lose the LoG and wavelet images; DESIGN.md section 5.)
+  mask. (One-slice 3D images with ``force2D`` would lose the LoG and wavelet images; docs/design.md section 12.)
 * Per crop the features are reported for the **centre slice** under pyradiomics' own names
   (``original_glcm_Contrast``), and, when ``slice_mean`` is on, as the **mean over the crop's slices**
   (centre and 2.5D neighbours) whose mask is not empty, prefixed ``mean25d_``, with ``n_slices`` the number of

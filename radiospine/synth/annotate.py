@@ -1,6 +1,6 @@
 """Where a reader marks each label: the coordinates file of a synthetic study.
 
-The real conventions (DESIGN.md section 1): canal points on the Sagittal T2/STIR series (on the slice nearest
+The real conventions (docs/design.md section 1): canal points on the Sagittal T2/STIR series (on the slice nearest
 the canal, usually the mid slice), foraminal points on the Sagittal T1 series (on the parasagittal slice nearest
 the foramen, so the left ones sit at higher instance numbers), subarticular points on the Axial T2 slice nearest
 the disc (the left recess on the image's right). ``x, y`` are the pixel column and row of the landmark projected

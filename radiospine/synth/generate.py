@@ -1,6 +1,6 @@
 """The synthetic data set driver: writes a folder in the Kaggle layout, plus the truth no pipeline stage reads.
 
-Layout written (DESIGN.md section 1)::
+Layout written (docs/design.md section 1)::
 
     DIR/train.csv, train_label_coordinates.csv, train_series_descriptions.csv
     DIR/test_series_descriptions.csv, sample_submission.csv (25 rows per test study, 1/3 each)

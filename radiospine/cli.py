@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("radiospine.stages.score", "score a submission against labels with the competition metric"),
     "validate-submission": ("radiospine.stages.validate_submission",
                             "check a submission file against a data folder"),
+    "import-volumes": ("radiospine.stages.import_volumes",
+                       "turn a folder of image volumes (.mha/.nii/.nrrd, masks) into a data folder"),
     "catalog": ("radiospine.stages.catalog", "scan a data folder and summarise its studies and series"),
     "train-localizer": ("radiospine.stages.train_localizer",
                         "train the level localiser on the training coordinates"),

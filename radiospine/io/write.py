@@ -1,6 +1,7 @@
 """Write DICOM MR images: single-frame MR Image Storage files, explicit VR little endian, uint16 pixels.
 
-Used by the synthetic study generator (:mod:`radiospine.synth`); like the readers it lives in
+Used by the synthetic study generator (:mod:`radiospine.synth`) and by the volume importer
+(:func:`write_volume_series`: a stack read from an image file -> one DICOM series); like the readers it lives in
 :mod:`radiospine.io`, the only package that imports pydicom. Geometry tags follow :mod:`radiospine.geometry`:
 ImagePositionPatient is the LPS mm of the centre of pixel (row 0, column 0), ImageOrientationPatient the row
 direction (along which the column index grows) then the column direction, PixelSpacing ``[row spacing, column
@@ -157,3 +158,61 @@ def write_mr_image(path: str | Path, pixels: np.ndarray, header: MrImageHeader) 
     path = Path(path)
     dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def stored_values(voxels: np.ndarray) -> tuple[np.ndarray, float, float, int]:
+    """Voxels -> ``(uint16 stored values, rescale slope, rescale intercept, bits stored)``.
+
+    Whole numbers in ``[0, 65535]`` are stored as they are (slope 1, intercept 0), so reading the files back gives
+    the same voxels; anything else is mapped linearly onto 12 bits (reading back is exact to within half a step).
+    """
+    voxels = np.asarray(voxels)
+    finite = voxels[np.isfinite(voxels)] if np.issubdtype(voxels.dtype, np.floating) else voxels
+    if finite.size != voxels.size:
+        raise ValueError("voxels hold NaN or infinite values; cannot store them in DICOM")
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    whole = not np.issubdtype(voxels.dtype, np.floating) or bool(np.all(np.round(finite) == finite))
+    if whole and low >= 0 and high <= 65535:
+        bits = 12 if high < 4096 else 16
+        return voxels.astype(np.uint16), 1.0, 0.0, bits
+    slope = (high - low) / 4095.0 if high > low else 1.0
+    stored = np.clip(np.round((voxels.astype(np.float64) - low) / slope), 0, 4095).astype(np.uint16)
+    return stored, slope, low, 12
+
+
+def write_volume_series(folder: str | Path, voxels: np.ndarray, affine: np.ndarray, *, study_id: int,
+                        series_id: int, series_number: int, description: str, uid_root: str,
+                        study_date: str = "20000101", repetition_time: float = 3000.0, echo_time: float = 100.0,
+                        magnetic_field_strength: float = 1.5) -> list[Path]:
+    """Write a ``(slice, row, col)`` stack with its ``(col, row, slice)`` -> LPS affine as one DICOM series.
+
+    One file per slice, ``<instance>.dcm`` with instance numbers ``1 .. n`` in slice order; ImagePositionPatient
+    of slice ``k`` is the affine's origin plus ``k`` slice steps. ``uid_root`` makes the UIDs reproducible (the
+    same root, the same UIDs). Returns the written paths in slice order.
+    """
+    affine = np.asarray(affine, dtype=float)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored, slope, intercept, bits = stored_values(voxels)
+    col_spacing, row_spacing = (float(np.linalg.norm(affine[:3, n])) for n in (0, 1))
+    orientation = np.concatenate([affine[:3, 0] / col_spacing, affine[:3, 1] / row_spacing])
+    step = affine[:3, 2]
+    normal = np.cross(orientation[:3], orientation[3:])
+    spacing_between = float(abs(step @ normal))
+    study_uid = derived_uid(uid_root, study_id)
+    series_uid = derived_uid(study_uid, series_id)
+    frame_uid = derived_uid(study_uid, "frame-of-reference")
+    paths = []
+    for k in range(stored.shape[0]):
+        header = MrImageHeader(
+            patient_id=str(study_id), study_id=str(study_id)[:16], study_instance_uid=study_uid,
+            series_instance_uid=series_uid, sop_instance_uid=derived_uid(series_uid, k + 1),
+            frame_of_reference_uid=frame_uid, study_date=study_date, series_number=int(series_number),
+            series_description=description, instance_number=k + 1,
+            image_position=(affine[:3, 3] + k * step).tolist(), image_orientation=orientation.tolist(),
+            pixel_spacing=(row_spacing, col_spacing), slice_thickness=spacing_between,
+            spacing_between_slices=spacing_between, repetition_time=repetition_time, echo_time=echo_time,
+            rescale_slope=slope, rescale_intercept=intercept, bits_stored=bits,
+            magnetic_field_strength=magnetic_field_strength)
+        paths.append(write_mr_image(folder / f"{k + 1}.dcm", stored[k], header))
+    return paths

@@ -8,6 +8,13 @@ on reading), so the affine is built directly from ITK's origin, spacing and dire
 * affine column ``n`` = direction column ``n`` times spacing ``n``; column 3 = the origin (the centre of voxel
   ``(0, 0, 0)``, as DICOM's ImagePositionPatient is the centre of the first pixel).
 
+* slices are ordered as the DICOM reader orders a series (:mod:`radiospine.io.stacks`): the slice index grows
+  along the image plane normal (row direction x column direction). A file whose third axis runs the other way
+  (SPIDER's sagittal volumes: columns posterior, rows inferior, slices towards the left, a normal towards the
+  right) is read with its slice axis reversed and the affine's origin and step changed to match, so the
+  :class:`Volume` of a file and that of the DICOM series written from it are the same (voxels and affine), and an
+  instance number means the same slice in both.
+
 Refused with a :class:`~radiospine.errors.DicomReadError` naming the file and the fix: a file that does not exist
 (a :class:`~radiospine.errors.MissingInputError`) or cannot be read, an image that is not 3-D (2-D, 4-D, several
 components per voxel), a zero, negative or non-finite spacing, a direction matrix that is not orthonormal.
@@ -55,6 +62,17 @@ def affine_from_itk(origin, spacing, direction) -> np.ndarray:
     affine[:3, :3] = matrix * np.asarray(spacing, dtype=float)[None, :]
     affine[:3, 3] = np.asarray(origin, dtype=float)
     return affine
+
+
+def along_plane_normal(voxels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(voxels, affine)`` with the slice axis reversed when it runs against the image plane normal (else as given)."""
+    affine = np.asarray(affine, dtype=float)
+    if affine[:3, 2] @ np.cross(affine[:3, 0], affine[:3, 1]) >= 0:
+        return voxels, affine
+    flipped = affine.copy()
+    flipped[:3, 3] = affine[:3, 3] + (voxels.shape[0] - 1) * affine[:3, 2]
+    flipped[:3, 2] = -affine[:3, 2]
+    return np.ascontiguousarray(voxels[::-1]), flipped
 
 
 def check_geometry(path: str | Path, spacing, direction) -> None:
@@ -108,7 +126,8 @@ def read_image_file(path: str | Path, *, study_id: int = 0, series_id: int = 0, 
                              f"one 3-D stack of slices (split a 4-D series into one file per volume)")
     check_geometry(path, image.GetSpacing(), image.GetDirection())
     voxels = sitk.GetArrayFromImage(image).astype(dtype, copy=False)
-    affine = affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    voxels, affine = along_plane_normal(voxels, affine_from_itk(image.GetOrigin(), image.GetSpacing(),
+                                                                image.GetDirection()))
     return Volume(voxels=voxels, affine=affine, instance_numbers=np.arange(1, voxels.shape[0] + 1, dtype=np.int64),
                   study_id=int(study_id), series_id=int(series_id), description=description,
                   source_paths=(str(path),))

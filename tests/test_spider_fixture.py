@@ -1,0 +1,138 @@
+"""Real MRI: two SPIDER patients (tests/data/spider, CC BY 4.0, see its README) through volume import, point
+derivation, ROI cutting, radiomics and localiser inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from radiospine import vocab
+from radiospine.catalog import scan
+from radiospine.cli import main
+from radiospine.config import CONFIG_DIR, RoiConfig
+from radiospine.io.decode import read_volume
+from radiospine.io.image_file import read_image_file
+from radiospine.labels import load_label_coordinates
+from radiospine.roi.cut import crops_for_study
+from radiospine.roi.mask_points import disc_points
+
+FIXTURE = Path(__file__).parent / "data" / "spider"
+GRADINGS = FIXTURE / "radiological_gradings.csv"
+#: Checked by eye on the mid-sagittal slices (README.md of the fixture): discs top to bottom.
+EXPECTED_LEVELS = {7: ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"],
+                   107: ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1", "S1/S2"]}
+#: SPIDER's IVD labels of those discs (counted from the bottom; 0 below L5/S1).
+EXPECTED_IVD_LABELS = {7: [5, 4, 3, 2, 1], 107: [5, 4, 3, 2, 1, 0]}
+#: Disc centres (row, column) on the crop, read off the pictures: top and bottom disc.
+EXPECTED_CENTRES_ROW_COL = {7: [(38, 67), (356, 73)], 107: [(35, 85), (385, 126)]}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("spider") / "data"
+    assert main(["import-volumes", "--volumes", str(FIXTURE), "--gradings", str(GRADINGS), "--out", str(out)]) == 0
+    return out
+
+
+def test_the_fixture_is_small_and_attributed() -> None:
+    size = sum(p.stat().st_size for p in FIXTURE.iterdir())
+    assert size < 10e6
+    readme = (FIXTURE / "README.md").read_text()
+    assert "CC BY 4.0" in readme and "van der Graaf" in readme
+
+
+def test_import_writes_a_data_folder_the_catalog_reads(data_dir: Path) -> None:
+    catalog = scan(data_dir, "train")
+    assert catalog.study_ids == [7, 107]
+    assert catalog.series["series_description"].tolist() == [vocab.SAGITTAL_T2] * 2
+    assert catalog.problems.empty
+    assert catalog.studies["missing_types"].tolist() == [f"{vocab.SAGITTAL_T1};{vocab.AXIAL_T2}"] * 2
+    labels = pd.read_csv(data_dir / "train.csv")
+    assert labels["study_id"].tolist() == [7, 107] and labels.drop(columns="study_id").isna().all().all()
+
+
+def test_the_dicom_series_is_the_volume(data_dir: Path) -> None:
+    for study_id, series_id in ((7, 701), (107, 10701)):
+        from_file = read_image_file(FIXTURE / f"{study_id}_t2_SPACE_image.mha")
+        from_dicom = read_volume(data_dir / "train_images" / str(study_id) / str(series_id))
+        assert np.array_equal(from_file.voxels, from_dicom.voxels)
+        np.testing.assert_allclose(from_file.affine, from_dicom.affine, atol=1e-4)
+
+
+def test_disc_points_on_real_masks(data_dir: Path) -> None:
+    discs = pd.read_csv(data_dir / "volume_import" / "discs.csv")
+    checks = pd.read_csv(data_dir / "volume_import" / "verification.csv", keep_default_na=False)
+    assert (checks["anomalies"] == "").all()
+    assert "IVD 0" in checks.loc[checks["study_id"] == 107, "decision"].item()
+    for study_id, levels in EXPECTED_LEVELS.items():
+        mask = read_image_file(FIXTURE / f"{study_id}_t2_SPACE_mask.mha", dtype=np.int32)
+        table = disc_points(mask.voxels, mask.affine, disc_label=2, canal_label=3)
+        rows = discs[discs["study_id"] == study_id]
+        assert rows["level"].tolist() == levels
+        assert rows["ivd_label"].tolist() == EXPECTED_IVD_LABELS[study_id]
+        assert (np.diff(table["centre_z"]) < 0).all()  # superior to inferior
+        for (row, col), index in zip(EXPECTED_CENTRES_ROW_COL[study_id], (0, -1)):
+            assert abs(table["centre_row"].iloc[index] - row) < 4 and abs(table["centre_col"].iloc[index] - col) < 4
+        centres = np.round(table[["centre_slice", "centre_row", "centre_col"]].to_numpy()).astype(int)
+        canals = np.round(table[["canal_slice", "canal_row", "canal_col"]].to_numpy()).astype(int)
+        assert (mask.voxels[tuple(centres.T)] == 2).all()  # the centre lies in its disc
+        assert (mask.voxels[tuple(canals.T)] == 3).all()  # the canal point lies in the canal
+        gap = table["canal_y"] - table["centre_y"]
+        assert ((gap > 15) & (gap < 60)).all()  # posterior to the disc centre
+        assert (np.abs(table["canal_z"] - table["centre_z"]) < 25).all()
+
+
+def test_rois_and_radiomics_at_the_derived_points(data_dir: Path) -> None:
+    from radiospine.features.radiomics import RadiomicsExtractor
+
+    coords = load_label_coordinates(data_dir / "train_label_coordinates.csv")
+    assert len(coords) == 10 and set(coords["condition"]) == {vocab.SPINAL}
+    failures: list = []
+    crops = crops_for_study(data_dir, "train", 7, coords, RoiConfig(), failures=failures)
+    # the canal is also cut on axial slices when a study has them; SPIDER has no axial series
+    assert {(f.condition, f.view) for f in failures if f.condition == vocab.SPINAL} == {(vocab.SPINAL, "axial_t2")}
+    assert sorted(crop.roi.level for crop in crops) == list(vocab.LEVELS)
+    assert {crop.roi.view for crop in crops} == {"sagittal_t2"}
+    for crop in crops:
+        assert np.isfinite(crop.image).all() and crop.mask.any() and crop.image.std() > 0.05
+    results = RadiomicsExtractor(CONFIG_DIR / "radiomics" / "original_only.yaml").extract(crops)
+    assert all(result.ok for result in results)
+    assert all(np.isfinite(list(result.features.values())).all() for result in results)
+
+
+TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
+        "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
+        "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",
+        "localizer.folds=2", "localizer.device=cpu"]
+
+
+@pytest.mark.slow
+def test_localiser_inference_runs_on_real_anatomy(tmp_path: Path) -> None:
+    """A localiser trained for seconds on two synthetic studies places points on the real series: the plumbing
+    works on real geometry (the points' accuracy is not the question here)."""
+    options = [token for option in TINY for token in ("--set", option)]
+    synthetic, work, real = tmp_path / "synth", tmp_path / "work", tmp_path / "real"
+    assert main(["synth", "--out", str(synthetic), "--train-studies", "2", "--test-studies", "0", "--seed", "3",
+                 "--small"]) == 0
+    assert main(["train-localizer", "--data", str(synthetic), "--work", str(work), *options]) == 0
+    assert main(["import-volumes", "--volumes", str(FIXTURE), "--out", str(real), "--split", "test"]) == 0
+    out = tmp_path / "coords.csv"
+    assert main(["localize", "--data", str(real), "--split", "test", "--work", str(work), "--out", str(out),
+                 *options]) == 0
+    coords = load_label_coordinates(out)
+    provenance = pd.read_csv(tmp_path / "coords.provenance.csv")
+    assert set(provenance["study_id"]) == {7, 107} and len(provenance) == 50
+    assert set(provenance["source"]) <= {"predicted", "fallback", "missing"}
+    assert provenance.loc[provenance["source"] != "missing", "method"].notna().all()
+    spinal = coords[coords["condition"] == vocab.SPINAL]
+    assert len(spinal) == 10
+    for study_id, series_id in ((7, 701), (107, 10701)):
+        volume = read_volume(real / "test_images" / str(study_id) / str(series_id))
+        rows = spinal[spinal["study_id"] == study_id]
+        assert set(rows["instance_number"]) <= set(volume.instance_numbers.tolist())
+        _, n_rows, n_cols = volume.shape
+        assert ((rows["x"] >= 0) & (rows["x"] <= n_cols - 1) & (rows["y"] >= 0) & (rows["y"] <= n_rows - 1)).all()
+

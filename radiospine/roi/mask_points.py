@@ -7,7 +7,8 @@ disc label (face connectivity) larger than ``min_disc_mm3`` is one disc.
 
 Per disc, in patient LPS mm:
 
-* ``centre``: the centroid of the disc's voxels;
+* ``centre``: the centroid of the disc's voxels (when the centroid falls outside a curved or wedged disc, the
+  disc voxel nearest to it, so the centre always lies in the disc);
 * ``canal``: the centroid of the canal voxels in a slab ``canal_slab_mm`` thick around the disc's mid-plane (the
   plane through the centre, normal to the disc's thinnest principal axis) and within ``canal_radius_mm`` of the
   centre: the canal at the disc's level, centred left-right and anterior-posterior in the canal. ``NaN`` when no
@@ -72,6 +73,13 @@ def disc_points(mask: np.ndarray, affine: np.ndarray, *, disc_label: int, canal_
         lps = voxel_to_patient(affine, src)
         centre = lps.mean(axis=0)
         _, axes = np.linalg.eigh(np.cov((lps - centre).T) if len(lps) > 3 else np.eye(3))
+        centre_src = src.mean(axis=0)
+        nearest_voxel = tuple(np.round(centre_src).astype(int) - np.array([s.start for s in box]))
+        inside_box = all(0 <= v < s.stop - s.start for v, s in zip(nearest_voxel, box))
+        if not (inside_box and components[box][nearest_voxel] == number):
+            # a curved or wedged disc whose centroid falls outside it: its voxel nearest the centroid
+            closest = int(np.argmin(np.linalg.norm(lps - centre, axis=1)))
+            centre, centre_src = lps[closest], src[closest]
         normal = axes[:, 0] if axes[2, 0] >= 0 else -axes[:, 0]
         thickness = 4.0 * float(np.std((lps - centre) @ normal))
         touches = any(s.start == 0 or s.stop == size for s, size in zip(box[1:], mask.shape[1:]))
@@ -83,7 +91,6 @@ def disc_points(mask: np.ndarray, affine: np.ndarray, *, disc_label: int, canal_
             n_canal = int(near.sum())
             if n_canal:
                 canal = canal_lps[near].mean(axis=0)
-        centre_src = src.mean(axis=0)
         canal_src_point = (np.linalg.solve(affine[:3, :3], canal - affine[:3, 3])[::-1] if n_canal
                            else np.full(3, np.nan))
         rows.append(dict(

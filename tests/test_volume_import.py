@@ -205,3 +205,12 @@ def test_import_volumes_command_errors_are_one_line(tmp_path: Path, capsys) -> N
     assert "--overwrite" in capsys.readouterr().err
     assert main(["catalog", "--data", str(tmp_path / "data")]) == 0
     assert '"Sagittal T2/STIR": 1' in capsys.readouterr().out
+    # a mask on another grid, then an unreadable file: one line naming the file
+    write_image_file(folder / "3_t2_mask.mha", np.zeros((3, 6, 4), np.uint8), sagittal_affine())
+    assert main(["import-volumes", "--volumes", str(folder), "--out", str(tmp_path / "data"), "--overwrite"]) == 2
+    assert "3_t2_mask.mha: the mask's grid" in capsys.readouterr().err
+    (folder / "3_t2_mask.mha").unlink()
+    (folder / "4_t2.nrrd").write_bytes(b"NRRD0004\ngarbage")
+    assert main(["import-volumes", "--volumes", str(folder), "--out", str(tmp_path / "data"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "4_t2.nrrd: cannot be read" in err and len(err.strip().splitlines()) == 1

@@ -40,6 +40,7 @@ class MrImageHeader:
         rescale_slope, rescale_intercept: stored value -> output value.
         bits_stored: significant bits of the stored uint16 values (12 or 16).
         magnetic_field_strength: tesla.
+        patient_name: PatientName; ``None`` writes ``Synthetic^<patient_id>`` (the synthetic data set's).
     """
 
     patient_id: str
@@ -64,6 +65,7 @@ class MrImageHeader:
     rescale_intercept: float = 0.0
     bits_stored: int = 12
     magnetic_field_strength: float = 1.5
+    patient_name: str | None = None
 
 
 def derived_uid(*parts: object) -> str:
@@ -115,7 +117,7 @@ def write_mr_image(path: str | Path, pixels: np.ndarray, header: MrImageHeader) 
     ds.SeriesDate = header.study_date
     ds.Modality = "MR"
     ds.SeriesDescription = header.series_description
-    ds.PatientName = f"Synthetic^{header.patient_id}"
+    ds.PatientName = f"Synthetic^{header.patient_id}" if header.patient_name is None else header.patient_name
     ds.PatientID = header.patient_id
     ds.BodyPartExamined = "LSPINE"
     inversion = header.inversion_time is not None
@@ -213,6 +215,6 @@ def write_volume_series(folder: str | Path, voxels: np.ndarray, affine: np.ndarr
             pixel_spacing=(row_spacing, col_spacing), slice_thickness=spacing_between,
             spacing_between_slices=spacing_between, repetition_time=repetition_time, echo_time=echo_time,
             rescale_slope=slope, rescale_intercept=intercept, bits_stored=bits,
-            magnetic_field_strength=magnetic_field_strength)
+            magnetic_field_strength=magnetic_field_strength, patient_name=f"Imported^{study_id}")
         paths.append(write_mr_image(folder / f"{k + 1}.dcm", stored[k], header))
     return paths

@@ -214,3 +214,39 @@ def test_import_volumes_command_errors_are_one_line(tmp_path: Path, capsys) -> N
     assert main(["import-volumes", "--volumes", str(folder), "--out", str(tmp_path / "data"), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "4_t2.nrrd: cannot be read" in err and len(err.strip().splitlines()) == 1
+
+
+def write_nifti_by_hand(path: Path, voxels: np.ndarray, srow: np.ndarray, pixdim) -> None:
+    """A NIfTI-1 file written from the specification (not through ITK): uint8 voxels ``(k, j, i)`` in C order
+    (``i`` fastest, as NIfTI stores them), the voxel -> RAS mm matrix in the sform, no qform."""
+    import struct
+
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, voxels.shape[2], voxels.shape[1], voxels.shape[0], 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 2, 8)  # datatype uint8, bitpix
+    struct.pack_into("<8f", header, 76, 1.0, *pixdim, 1, 1, 1, 1)
+    struct.pack_into("<fff", header, 108, 352.0, 0.0, 0.0)  # vox_offset, no scaling
+    struct.pack_into("<B", header, 123, 2)  # mm
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform_code 0, sform_code 1 (scanner)
+    struct.pack_into("<12f", header, 280, *np.asarray(srow, float).ravel())
+    header[344:348] = b"n+1\0"
+    path.write_bytes(bytes(header) + b"\0\0\0\0" + np.ascontiguousarray(voxels, np.uint8).tobytes())
+
+
+def test_nifti_ras_becomes_lps_as_dicom_has_it(tmp_path: Path) -> None:
+    """NIfTI's frame is RAS: a voxel's LPS position is its RAS position with x and y negated."""
+    voxels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)  # (k, j, i): every value once
+    rotation_ras = rotation([0, 0, 1], 20.0) @ np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)
+    pixdim = (0.5, 0.7, 3.0)
+    srow = np.concatenate([rotation_ras * np.asarray(pixdim)[None, :], [[10.0], [-20.0], [30.0]]], axis=1)
+    path = tmp_path / "8_t2.nii"
+    write_nifti_by_hand(path, voxels, srow, pixdim)
+    volume = read_image_file(path)
+    positions = {}
+    for k, j, i in np.ndindex(*voxels.shape):
+        ras = srow @ np.array([i, j, k, 1.0])
+        positions[int(voxels[k, j, i])] = ras * np.array([-1.0, -1.0, 1.0])
+    for src in np.ndindex(*volume.shape):
+        lps = voxel_to_patient(volume.affine, np.array([src], float))[0]
+        np.testing.assert_allclose(lps, positions[int(volume.voxels[src])], atol=1e-3)

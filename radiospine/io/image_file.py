@@ -6,8 +6,7 @@ on reading), so the affine is built directly from ITK's origin, spacing and dire
 * ITK's index ``(i, j, k)`` is ``(col, row, slice)`` and its array (``GetArrayFromImage``) is ``(k, j, i)`` =
   ``(slice, row, col)``, the project's voxel order (:mod:`radiospine.geometry`);
 * affine column ``n`` = direction column ``n`` times spacing ``n``; column 3 = the origin (the centre of voxel
-  ``(0, 0, 0)``, as DICOM's ImagePositionPatient is the centre of the first pixel).
-
+  ``(0, 0, 0)``, as DICOM's ImagePositionPatient is the centre of the first pixel);
 * slices are ordered as the DICOM reader orders a series (:mod:`radiospine.io.stacks`): the slice index grows
   along the image plane normal (row direction x column direction). A file whose third axis runs the other way
   (SPIDER's sagittal volumes: columns posterior, rows inferior, slices towards the left, a normal towards the

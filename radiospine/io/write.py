@@ -190,7 +190,9 @@ def write_volume_series(folder: str | Path, voxels: np.ndarray, affine: np.ndarr
 
     One file per slice, ``<instance>.dcm`` with instance numbers ``1 .. n`` in slice order; ImagePositionPatient
     of slice ``k`` is the affine's origin plus ``k`` slice steps. ``uid_root`` makes the UIDs reproducible (the
-    same root, the same UIDs). Returns the written paths in slice order.
+    same root, the same UIDs). Returns the written paths in slice order. The DICOM reader orders slices along the
+    image plane normal: a stack given in that order (as :func:`radiospine.io.image_file.read_image_file` returns
+    it) reads back with the same voxels and affine; one given the other way round reads back reversed.
     """
     affine = np.asarray(affine, dtype=float)
     folder = Path(folder)

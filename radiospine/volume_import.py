@@ -23,7 +23,9 @@ What it writes into ``OUT`` (every other command reads it unchanged):
   centre and canal point (LPS mm and pixel), size, thickness, and the gradings of its IVD label;
 * ``volume_import/verification.csv``: per study, the disc components found, the IVD labels graded, the mapping
   decision and the anomalies (counts that differ, discs cut at the border, no canal point, a small bottom disc);
-* ``volume_import/manifest.json``: the inputs, the options and the counts.
+* ``volume_import/manifest.json``: the inputs, the options and the counts;
+* with ``previews``: ``volume_import/previews/<study_id>_<series_id>.png``, each disc's centre and canal point with
+  its level and IVD label on the slice through the canal, to check the level mapping by eye.
 
 The level mapping (``SPIDER`` numbering, :func:`map_discs_to_ivd`): discs (mask components,
 :func:`radiospine.roi.mask_points.disc_points`) are counted from the bottom; the bottom-most disc is IVD 0 when the
@@ -246,7 +248,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: str | Path | None = None,
                    split: str = "train", disc_label: int = 2, canal_label: int = 3, min_disc_mm3: float = 100.0,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, previews: bool = False) -> dict:
     """Write the data folder described in the module docstring; returns the manifest (also written)."""
     from radiospine.io.image_file import image_file_stem, read_image_file
     from radiospine.io.write import write_volume_series
@@ -290,6 +292,9 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
         discs["centre_instance"] = np.round(discs["centre_slice"]).astype("Int64") + 1
         discs["canal_instance"] = np.round(discs["canal_slice"]).astype("Int64") + 1
         disc_tables.append(discs)
+        if previews:
+            draw_disc_points(volume.voxels, discs, out_dir / IMPORT_FOLDER / "previews"
+                             / f"{item.study_id}_{item.series_id}.png", title=f"{item.path.name}")
         rsna = discs[(discs["rsna_level"] != "") & (discs["canal_voxels"] > 0)]
         for row in rsna.itertuples():
             # the canal centre's row and column on the nearest slice (the instance it is marked on)
@@ -311,6 +316,39 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
         studies_with_anomalies=int(sum(bool(c["anomalies"]) for c in checks)))
     atomic_write_text(out_dir / IMPORT_FOLDER / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def draw_disc_points(voxels: np.ndarray, discs: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """A PNG of the slice through the canal with each disc's centre (+), canal point (x), level and IVD label.
+
+    ``discs``: the importer's per-disc rows of one series (``disc_points`` columns plus ``level``, ``ivd_label``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    canal_slices = discs["canal_slice"].dropna()
+    index = int(round(float(canal_slices.median()))) if len(canal_slices) else voxels.shape[0] // 2
+    index = int(np.clip(index, 0, voxels.shape[0] - 1))
+    rows, cols = voxels.shape[1:]
+    figure, axes = plt.subplots(figsize=(5.0, 5.0 * rows / cols + 0.4))
+    low, high = np.percentile(voxels[index], [0.5, 99.5])
+    axes.imshow(voxels[index], cmap="gray", vmin=low, vmax=high)
+    axes.plot(discs["centre_col"], discs["centre_row"], "+", color="red", markersize=9, markeredgewidth=1.5)
+    axes.plot(discs["canal_col"], discs["canal_row"], "x", color="lime", markersize=8, markeredgewidth=1.5)
+    for row in discs.itertuples():
+        axes.annotate(f"{row.level} (IVD {row.ivd_label})", (row.centre_col, row.centre_row), xytext=(-8, 4),
+                      textcoords="offset points", ha="right", color="yellow", fontsize=7)
+    axes.set_title(f"{title}: slice {index} (instance {index + 1})", fontsize=8)
+    axes.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+    plt.close(figure)
+    return path
 
 
 def _write_outputs(out_dir, split, series_rows, coordinate_rows, disc_tables, checks, grades,

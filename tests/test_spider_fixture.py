@@ -33,7 +33,8 @@ EXPECTED_CENTRES_ROW_COL = {7: [(38, 67), (356, 73)], 107: [(35, 85), (385, 126)
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("spider") / "data"
-    assert main(["import-volumes", "--volumes", str(FIXTURE), "--gradings", str(GRADINGS), "--out", str(out)]) == 0
+    assert main(["import-volumes", "--volumes", str(FIXTURE), "--gradings", str(GRADINGS), "--out", str(out),
+                 "--previews"]) == 0
     return out
 
 
@@ -50,6 +51,9 @@ def test_import_writes_a_data_folder_the_catalog_reads(data_dir: Path) -> None:
     assert catalog.series["series_description"].tolist() == [vocab.SAGITTAL_T2] * 2
     assert catalog.problems.empty
     assert catalog.studies["missing_types"].tolist() == [f"{vocab.SAGITTAL_T1};{vocab.AXIAL_T2}"] * 2
+    previews = sorted(p.name for p in (data_dir / "volume_import" / "previews").iterdir())
+    assert previews == ["107_10701.png", "7_701.png"]
+    assert (data_dir / "volume_import" / "previews" / "7_701.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = pd.read_csv(data_dir / "train.csv")
     assert labels["study_id"].tolist() == [7, 107] and labels.drop(columns="study_id").isna().all().all()
 

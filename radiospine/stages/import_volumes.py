@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--canal-label", type=int, default=3, help="mask value of the spinal canal (SPIDER: 3)")
     parser.add_argument("--min-disc-mm3", type=float, default=100.0,
                         help="smaller disc components are specks, not discs")
+    parser.add_argument("--previews", action="store_true",
+                        help="draw each series' disc centres and canal points with their levels "
+                             "(DATA/volume_import/previews/*.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
 
 
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--min-disc-mm3 must be >= 0, got {args.min_disc_mm3}")
     manifest = import_volumes(args.volumes, args.out, gradings=args.gradings, split=args.split,
                               disc_label=args.disc_label, canal_label=args.canal_label,
-                              min_disc_mm3=args.min_disc_mm3, overwrite=args.overwrite)
+                              min_disc_mm3=args.min_disc_mm3, overwrite=args.overwrite,
+                              previews=args.previews)
     print(json.dumps({"out": str(args.out), **{key: manifest[key] for key in (
         "studies", "series", "with_mask", "discs", "canal_points", "studies_with_anomalies")}}))
     return 0

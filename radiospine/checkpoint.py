@@ -7,13 +7,14 @@ A checkpoint is two files::
     <name>.json   the sidecar: ``architecture`` (what the network is built from), ``state_sha256`` (the SHA-256 of
                   the ``.pt`` file) and the caller's meta (what it was trained on, its channels, ...)
 
-The sidecar is written last, so a checkpoint whose sidecar is missing is incomplete. Loading verifies the hash:
-weights that are missing, corrupt, half-written or not the ones the sidecar describes are refused with an error
-naming the file and what to do.
+The same state dict always gives the same ``.pt`` bytes (and so the same hash). The sidecar is written last, so a
+checkpoint whose sidecar is missing is incomplete. Loading verifies the hash: weights that are missing, corrupt,
+half-written or not the ones the sidecar describes are refused with an error naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,8 +52,13 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], ar
     reserved = {ARCHITECTURE_KEY, HASH_KEY} & set(meta or {})
     if reserved:
         raise ValueError(f"checkpoint meta may not use the reserved key(s) {sorted(reserved)}")
+    # Serialised in memory, then written: torch names the records of its zip archive after the file it writes
+    # to, and the atomic write's temporary name is random, so saving to it would give different bytes for the
+    # same weights. In memory the records are always "archive/...": the same weights, the same bytes.
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
     with artifacts.atomic_path(path) as tmp:
-        torch.save(dict(state_dict), tmp)
+        tmp.write_bytes(buffer.getvalue())
     sidecar = {ARCHITECTURE_KEY: dict(architecture), HASH_KEY: file_sha256(path), **dict(meta or {})}
     artifacts.atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True))
 

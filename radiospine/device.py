@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 
 from radiospine.errors import ConfigError
+
+#: cuBLAS's workspace setting that makes its matrix products deterministic (set only when torch runs on CUDA).
+CUBLAS_WORKSPACE = ":4096:8"
 
 #: The values a ``device`` setting takes.
 DEVICE_SETTINGS: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -31,3 +38,26 @@ def resolve_device(setting: str, key: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key} is 'cuda' but torch sees no GPU; set {key} to 'auto' or 'cpu'")
     return torch.device(setting)
+
+
+@contextlib.contextmanager
+def deterministic_torch(device: torch.device) -> Iterator[None]:
+    """Run torch's deterministic algorithms inside the block, and restore the previous settings after.
+
+    ``torch.use_deterministic_algorithms(True)`` (an operation without a deterministic implementation raises
+    instead of silently differing between runs; every CPU operation the localiser and the CNN use has one),
+    cuDNN's deterministic convolutions without its benchmark (which times candidate algorithms and may pick
+    another one from run to run). On CUDA, ``CUBLAS_WORKSPACE_CONFIG`` is set to :data:`CUBLAS_WORKSPACE` unless
+    the user set it: cuBLAS reads it when it starts, so it holds when this is the first CUDA work of the process.
+    """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]

@@ -65,3 +65,12 @@ def test_missing_or_corrupt_files_are_clear_errors(tmp_path: Path) -> None:
 def test_meta_may_not_overwrite_the_reserved_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"reserved key\(s\) \['state_sha256'\]"):
         save_checkpoint(tmp_path / "net.pt", {}, {}, {"state_sha256": "0"})
+
+
+def test_the_same_weights_give_the_same_bytes_wherever_they_are_saved(tmp_path: Path) -> None:
+    first, state = saved(tmp_path)
+    (tmp_path / "other").mkdir()
+    second = tmp_path / "other" / "net.pt"
+    save_checkpoint(second, state, {"width": 3}, {"channels": ["a", "b"]})
+    assert first.read_bytes() == second.read_bytes()  # the atomic write's random temporary name is not inside
+    assert sidecar_path(first).read_bytes() == sidecar_path(second).read_bytes()

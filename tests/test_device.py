@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from radiospine.device import resolve_device
+from radiospine.device import CUBLAS_WORKSPACE, deterministic_torch, resolve_device
 from radiospine.errors import ConfigError
 
 
@@ -25,3 +27,24 @@ def test_cuda_without_a_gpu_and_unknown_settings_name_the_key(monkeypatch: pytes
         resolve_device("cuda", "features.cnn.device")
     with pytest.raises(ConfigError, match=r"localizer.device is 'gpu'; expected one of auto, cpu, cuda"):
         resolve_device("gpu", "localizer.device")
+
+
+def test_deterministic_torch_inside_the_block_and_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch(torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # only set for CUDA
+    with pytest.raises(RuntimeError), deterministic_torch(torch.device("cuda")):
+        raise RuntimeError("boom")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+
+
+def test_a_user_cublas_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with deterministic_torch(torch.device("cuda")):
+        pass
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

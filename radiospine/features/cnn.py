@@ -23,9 +23,11 @@ Checkpoints
     name such a file instead of training.
 Determinism
     Seeds are fixed (``features.cnn.seed``; fold k uses seed + k + 1), batches are drawn by a seeded numpy
-    generator, every model trains with one compute thread (the fold models train side by side in ``jobs``
-    processes instead) and inference runs in evaluation mode with one thread per worker: the same inputs and
-    seed give bit-identical weights and embeddings whatever ``jobs`` or the scheduler.
+    generator, torch runs its deterministic algorithms (:func:`radiospine.device.deterministic_torch`), every
+    model trains with one compute thread (the fold models train side by side in ``jobs`` processes instead, each
+    from its own seed, so which process trains which model does not matter) and inference runs in evaluation
+    mode with one thread per worker, a study at a time: the same inputs and seed give bit-identical weights
+    (and ``.pt`` files) and embeddings whatever ``jobs`` or the scheduler (``tests/test_reproducibility.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from tqdm.auto import tqdm
 from radiospine import artifacts, vocab
 from radiospine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from radiospine.config import CnnConfig
-from radiospine.device import resolve_device
+from radiospine.device import deterministic_torch, resolve_device
 from radiospine.errors import DataError
 from radiospine.features.base import ExtractionResult
 from radiospine.hashing import canonical_json, json_hash, sha256_hex, sha256_stream, short_hash
@@ -175,6 +177,12 @@ def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, conf
     if labels.min() < 0 or labels.max() >= len(vocab.SEVERITIES):
         raise ValueError(f"severity labels must be 0..{len(vocab.SEVERITIES) - 1}, got {sorted(set(labels))}")
     device = device or torch.device("cpu")
+    with deterministic_torch(device):
+        return _train_backbone(inputs, labels, conditions, config, seed=seed, device=device)
+
+
+def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
+                    device: torch.device) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     order_rng = np.random.default_rng(seed)
     model = SpineCnn(CnnArchitecture.from_config(config)).to(device)
@@ -205,7 +213,7 @@ def embed_inputs(model: SpineCnn, inputs: np.ndarray, *, batch_size: int, device
     """``(n, slices, size, size)`` float32 -> ``(n, embedding_size)`` float64 embeddings, in batches."""
     model.eval()
     out = np.zeros((len(inputs), model.architecture.embedding_size), dtype=np.float64)
-    with torch.inference_mode():
+    with torch.inference_mode(), deterministic_torch(device):
         for start in range(0, len(inputs), batch_size):
             x = torch.as_tensor(inputs[start:start + batch_size], device=device)
             out[start:start + batch_size] = model.embed(x).double().cpu().numpy()

@@ -18,6 +18,7 @@ import torch
 from radiospine import vocab
 from radiospine.catalog import Catalog
 from radiospine.config import LocalizerConfig, RoiConfig
+from radiospine.device import deterministic_torch
 from radiospine.errors import DicomReadError
 from radiospine.geometry import (
     StackGeometry,
@@ -58,7 +59,7 @@ def predict_heatmaps(net: UNet, images: np.ndarray, slice_indices: Sequence[int]
                      device: torch.device, batch_size: int = 8) -> np.ndarray:
     """Heatmap probabilities ``(len(slice_indices), channels, h, w)`` float32 of grid images ``(slices, h, w)``."""
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), deterministic_torch(device):
         for start in range(0, len(slice_indices), batch_size):
             x = torch.from_numpy(stack_inputs(images, slice_indices[start:start + batch_size], neighbours))
             out.append(torch.sigmoid(net(x.to(device))).cpu().numpy())

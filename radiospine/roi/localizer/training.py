@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from radiospine.config import LocalizerConfig
-from radiospine.device import resolve_device
+from radiospine.device import deterministic_torch, resolve_device
 from radiospine.errors import DataError
 from radiospine.geometry import patient_to_voxel, pixel_spacing
 from radiospine.roi.localizer.data import TrainingStack
@@ -144,7 +144,8 @@ def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> t
     nets = {}
     for kind, samples in (("sagittal", config.sagittal_slices_per_epoch), ("axial", config.axial_slices_per_epoch)):
         started = time.perf_counter()
-        nets[kind], losses = fit_network(stacks, kind, config, device, samples)
+        with deterministic_torch(device):
+            nets[kind], losses = fit_network(stacks, kind, config, device, samples)
         report[kind] = {"losses": losses, "seconds": round(time.perf_counter() - started, 1),
                         "stacks": sum(stack.kind == kind for stack in stacks)}
     return Localizer(nets["sagittal"], nets["axial"], config, subarticular_offsets(stacks), device), report

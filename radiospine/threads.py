@@ -43,6 +43,21 @@ def thread_budget(threads: int) -> Iterator[None]:
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)
 
 
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS (numpy's and scipy's matrix products) on one thread inside the block, and restored after.
+
+    A multi-threaded BLAS may split a sum among its threads, and the last bits of the result then depend on
+    their number (``OPENBLAS_NUM_THREADS``, the machine's cores). The model stage's numpy and scipy work
+    (calibration, blending, scoring) is small, so one thread costs nothing and makes it independent of that
+    setting. OpenMP is left alone: the boosters set their own thread count (``models.n_jobs``).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` (default 1) for the commands that run torch on the CPU."""
 

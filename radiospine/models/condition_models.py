@@ -78,6 +78,7 @@ from radiospine.models.calibration import (
 from radiospine.models.ensemble import blend, fit_blend_weights
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
 from radiospine.submission import fill_missing_with_prior
+from radiospine.threads import single_threaded_blas
 
 logger = logging.getLogger(__name__)
 
@@ -288,8 +289,12 @@ class TrainedModels:
         normal_mild, moderate, severe``, rows summing to 1.
 
         Raises ``ValueError`` when the table lacks a feature column a model was trained on, or holds a
-        condition no model was trained for.
+        condition no model was trained for. BLAS runs on one thread (:func:`radiospine.threads.single_threaded_blas`).
         """
+        with single_threaded_blas():
+            return self._predict(features)
+
+    def _predict(self, features: pd.DataFrame) -> pd.DataFrame:
         table = prepare_features(features, self.config.extractors).table
         member_proba = {name: np.full((len(table), N_CLASSES), np.nan) for name in self._member_names()}
         covered = np.zeros(len(table), dtype=bool)
@@ -427,8 +432,15 @@ def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, co
 
     ``features``: the feature table; ``labels_long``: long labels; ``config``: the ``models`` config section.
     Only studies with at least one label are used. The labelled rows must cover all three base conditions
-    (the metric has four parts).
+    (the metric has four parts). BLAS runs on one thread (:func:`radiospine.threads.single_threaded_blas`): with the
+    boosters' seeds and ``models.n_jobs`` threads, the same table and config give the same models bit for bit.
     """
+    with single_threaded_blas():
+        return _train_condition_models(features, labels_long, config)
+
+
+def _train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, config: ModelsConfig
+                            ) -> TrainedModels:
     prepared = prepare_features(features, config.extractors)
     table, feature_columns = prepared.table, prepared.columns
     labels = metrics.as_long_labels(labels_long)

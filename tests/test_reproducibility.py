@@ -1,0 +1,127 @@
+"""Reproducibility (issue 18): a tiny pipeline run twice, with ``--jobs 1`` and with ``--jobs 2``, into two work
+folders gives the same artifacts, bit for bit.
+
+synth (``--small``, once: both runs read the same data folder) -> train-localizer -> train-gbm (the train
+features first: ROI crops, radiomics, the CNN's out-of-fold fold models trained side by side in ``jobs``
+processes, its embeddings) -> predict (localise, the test features, the models, the prior fill). The two runs are
+two separate trainings from the same seeds, one with one process and one with two, so equal results show both
+halves of the requirement: a run repeats exactly on one machine, and ``--jobs`` does not change the results.
+
+Compared as bytes: every file of the two work folders (the localiser's and the CNN's ``.pt`` weights and their
+sidecars, the Parquet feature shards, the CNN's prepared inputs and training rows, the boosters, the
+out-of-fold predictions, the prior, the coordinates and their provenance, the submission and its filled rows),
+except the few JSON files in :data:`VOLATILE`, which are compared with the fields below removed (and must be
+equal otherwise):
+
+* ``written_at`` in every ``_manifest.json``: when the stage finished (a timestamp).
+* ``*seconds`` (``preparation_seconds``, ``total_seconds``, ``fit_seconds``, ``seconds``, ...): wall-clock
+  timings of the localiser's training (in ``localizer.json`` and its manifest), of the localisation
+  (``test_coordinates.summary.json``) and of each booster's fit (the model card's ``report.fit_seconds``, the
+  models' manifest).
+
+No artifact holds an absolute path of the work folder, so none is excluded for that reason (the test would see
+it: the two work folders have different paths). The last part checks that the comparison can fail: changing
+one CNN weight by one ulp, or one probability of the submission, is reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from radiospine.checkpoint import load_checkpoint, save_checkpoint
+from radiospine.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
+        "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
+        "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",
+        "localizer.device=cpu",
+        "features.radiomics.params=radiomics/original_only.yaml", "features.radiomics.slice_mean=false",
+        "features.cnn.epochs=1", "features.cnn.folds=2", "features.cnn.input_size=32", "features.cnn.widths=[8,16]",
+        "features.cnn.embedding_size=4", "features.cnn.device=cpu",
+        "models.n_folds=2", "models.gbm.n_estimators=20", "models.gbm.min_child_samples=3"]
+
+#: JSON files whose bytes legitimately differ between runs (work-folder relative), compared without the fields
+#: named in :func:`_without_volatile_fields` (see the module docstring).
+VOLATILE = {"localizer/_manifest.json", "localizer/localizer.json", "localizer/test_coordinates.summary.json",
+            "features/train/_manifest.json", "features/test/_manifest.json", "models/_manifest.json",
+            "models/model_card.json"}
+
+
+def _without_volatile_fields(value: Any) -> Any:
+    """``value`` without the keys ``written_at`` (a timestamp) and ``*seconds`` (wall-clock timings), at any depth."""
+    if isinstance(value, dict):
+        return {key: _without_volatile_fields(item) for key, item in value.items()
+                if key != "written_at" and not key.endswith("seconds")}
+    if isinstance(value, list):
+        return [_without_volatile_fields(item) for item in value]
+    return value
+
+
+def artifact_differences(first: Path, second: Path) -> list[str]:
+    """What differs between two work folders: files present in one only, and files whose bytes (or, for the
+    files in :data:`VOLATILE`, whose JSON without the volatile fields) differ."""
+    files = {str(path.relative_to(first)) for path in first.rglob("*") if path.is_file()}
+    other = {str(path.relative_to(second)) for path in second.rglob("*") if path.is_file()}
+    differences = [f"only in one run: {name}" for name in sorted(files ^ other)]
+    for name in sorted(files & other):
+        a, b = (first / name).read_bytes(), (second / name).read_bytes()
+        if name in VOLATILE:
+            if _without_volatile_fields(json.loads(a)) != _without_volatile_fields(json.loads(b)):
+                differences.append(f"{name} (beyond its timestamps and timings)")
+        elif a != b:
+            differences.append(name)
+    return differences
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproducibility") / "data"
+    assert main(["synth", "--out", str(out), "--train-studies", "8", "--test-studies", "2", "--seed", "3", "--small",
+                 "--set", "synth.partial_volume_samples=1"]) == 0
+    return out
+
+
+def run_pipeline(data: Path, work: Path, jobs: int, *extra: str) -> None:
+    settings = [token for setting in [*TINY, *extra] for token in ("--set", setting)]
+    assert main(["train-localizer", "--data", str(data), "--work", str(work), *settings]) == 0
+    assert main(["train-gbm", "--data", str(data), "--work", str(work), "--jobs", str(jobs), "--no-progress",
+                 *settings]) == 0
+    assert main(["predict", "--data", str(data), "--split", "test", "--work", str(work), "--jobs", str(jobs),
+                 "--out", str(work / "submission.csv"), "--no-progress", *settings]) == 0
+
+
+def test_two_runs_with_one_and_two_worker_processes_give_identical_artifacts(data: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "jobs1", tmp_path / "jobs2"
+    run_pipeline(data, one, jobs=1)
+    run_pipeline(data, two, jobs=2)
+
+    produced = {str(path.relative_to(one)) for path in one.rglob("*") if path.is_file()}
+    for expected in ("localizer/sagittal.pt", "localizer/axial.pt", "features/train/_cnn/full.pt",
+                     "features/train/_cnn/fold_0.pt", "models/model_card.json", "submission.csv"):
+        assert expected in produced
+    assert sum(name.endswith(".parquet") for name in produced) == 10  # 8 train + 2 test shards
+    assert sum(name.endswith((".txt", ".json")) and "/groups/" in name for name in produced) > 6  # boosters
+    assert produced >= VOLATILE
+    assert artifact_differences(one, two) == []
+
+    # The comparison sees a change of one ulp in one weight, and in one probability of the submission.
+    state, sidecar = load_checkpoint(two / "features/train/_cnn/full.pt", fix="")
+    name = next(iter(state))
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = torch.nextafter(state[name].view(-1)[0], torch.tensor(np.inf))
+    save_checkpoint(two / "features/train/_cnn/full.pt", state, sidecar["architecture"],
+                    {k: v for k, v in sidecar.items() if k not in ("architecture", "state_sha256")})
+    lines = (two / "submission.csv").read_text().splitlines()
+    row_id, *values = lines[1].split(",")
+    values[0] = repr(np.nextafter(float(values[0]), 1.0))
+    (two / "submission.csv").write_text("\n".join([lines[0], ",".join([row_id, *values]), *lines[2:]]) + "\n")
+    assert artifact_differences(one, two) == ["features/train/_cnn/full.json", "features/train/_cnn/full.pt",
+                                              "submission.csv"]

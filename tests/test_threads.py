@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from radiospine.threads import add_threads_argument, thread_budget
+from radiospine.threads import add_threads_argument, single_threaded_blas, thread_budget
 
 
 def test_thread_budget_limits_torch_and_simpleitk_inside_and_restores_after():
@@ -34,3 +34,15 @@ def test_threads_flag_defaults_to_one_and_refuses_zero(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--threads", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_single_threaded_blas_inside_and_restored_after():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

@@ -5,7 +5,9 @@
                                [--fresh]
 
 Every stage is a ``radiospine`` command run in a child process, exactly as a user runs it; for each, the wall
-time, the CPU seconds and the peak resident memory (RSS) of its whole process tree (:class:`TreeMonitor`):
+time, the CPU seconds, the peak resident memory (RSS) of its whole process tree (:class:`TreeMonitor`) and the
+peak RSS of its main process and of its largest worker process (the ``memory`` table: each against the limit of
+2 GB per process, :data:`MEMORY_LIMIT_MB`):
 
 =================  ==============================================================================================
 synth              ``radiospine synth --no-small`` into ``--data`` (only when it holds no data set; else not timed)
@@ -50,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_TRAIN_STUDIES = 1975
 #: The synth stage's figures, kept in the data folder it made (the work folder may be deleted with --fresh).
 SYNTH_RECORD = "bench_synth.json"
+#: The memory limit of one process (issue 18): 2 GB, in the MB of the figures (2**20 bytes).
+MEMORY_LIMIT_MB = 2000
 #: Core counts the stages are extrapolated to.
 EXTRAPOLATION_CORES = (2, 16)
 
@@ -88,7 +92,8 @@ def run_stage(name: str, command: Sequence[str], log_dir: Path) -> dict[str, Any
     print(f"[bench] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
     with open(out_path, "w") as out, open(err_path, "w") as err, TreeMonitor(interval=0.2) as monitor:
         started = time.perf_counter()
-        code = subprocess.call(list(command), stdout=out, stderr=err, cwd=REPO)
+        process = subprocess.Popen(list(command), stdout=out, stderr=err, cwd=REPO)
+        code = process.wait()
         seconds = time.perf_counter() - started
     if code != 0:
         tail = "".join(err_path.read_text().splitlines(keepends=True)[-15:])
@@ -100,12 +105,24 @@ def run_stage(name: str, command: Sequence[str], log_dir: Path) -> dict[str, Any
     except json.JSONDecodeError:
         output = None
     figures = {"seconds": round(seconds, 1), "cpu_seconds": round(monitor.cpu_seconds, 1),
-               "peak_rss_mb": round(monitor.peak_rss / 2**20, 1), "output": output,
+               "peak_rss_mb": round(monitor.peak_rss / 2**20, 1), **process_peaks(monitor, process.pid),
+               "output": output,
                "finished": datetime.datetime.now().isoformat(timespec="seconds"),
                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    print(f"[bench] {name}: {figures['seconds']} s, peak RSS {figures['peak_rss_mb']} MB", file=sys.stderr,
-          flush=True)
+    print(f"[bench] {name}: {figures['seconds']} s, peak RSS {figures['peak_rss_mb']} MB (main process "
+          f"{figures['main_peak_rss_mb']} MB, largest worker {figures['largest_worker_peak_rss_mb']} MB)",
+          file=sys.stderr, flush=True)
     return figures
+
+
+def process_peaks(monitor: TreeMonitor, main_pid: int) -> dict[str, Any]:
+    """The peak RSS (MB) of the command's own process (``main``) and of the largest of its descendants (its
+    worker processes: joblib's, the CNN's fold trainers; None when it started none), and how many it started."""
+    workers = monitor.descendants_of(main_pid)
+    largest = max((monitor.peak_rss_by_pid[pid] for pid in workers), default=None)
+    return {"main_peak_rss_mb": round(monitor.peak_rss_by_pid.get(main_pid, 0) / 2**20, 1),
+            "largest_worker_peak_rss_mb": None if largest is None else round(largest / 2**20, 1),
+            "worker_processes": len(workers)}
 
 
 class StageRecord:
@@ -303,11 +320,36 @@ def summarise(stages: dict[str, dict[str, Any]], data_manifest: dict, args: argp
         },
         "stages": {name: {key: value for key, value in figures.items() if key != "output"}
                    for name, figures in stages.items()},
+        "memory": memory_table(stages),
         "timing": timing,
         "real_train_set_hours": {f"{cores}_cores": round(sum(row[f"real_train_{cores}_cores_hours"]
                                                              for row in training), 2)
                                  for cores in EXTRAPOLATION_CORES},
     }
+
+
+def memory_table(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stage: the peak RSS (MB) of the command's main process, of its largest worker process and of the whole
+    tree (the sum at one moment), and whether each process stayed under :data:`MEMORY_LIMIT_MB` (None when the
+    stage was recorded without per-process figures, or started no worker)."""
+    table = {}
+    for name, figures in stages.items():
+        main, worker = figures.get("main_peak_rss_mb"), figures.get("largest_worker_peak_rss_mb")
+        table[name] = {
+            "main_peak_rss_mb": main, "largest_worker_peak_rss_mb": worker,
+            "worker_processes": figures.get("worker_processes"), "tree_peak_rss_mb": figures["peak_rss_mb"],
+            "main_under_limit": None if main is None else main < MEMORY_LIMIT_MB,
+            "workers_under_limit": None if worker is None else worker < MEMORY_LIMIT_MB,
+        }
+    return table
+
+
+def _mb(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "**no**")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -361,6 +403,17 @@ def render_markdown(result: dict[str, Any]) -> str:
               "Scaling: `parallel` stages divide among worker processes (one per core); `serial` stages run in one "
               "process with one compute thread; `cnn` trains the CNN's fold models side by side, one process "
               "each. Predict rows are extrapolated as if predicting 1,975 studies.", ""]
+    lines += ["## Peak memory per stage and process", "",
+              f"Peak RSS in MB (2**20 bytes) of each command's main process, of its largest worker process and of "
+              f"the whole process tree at one moment; the limit is {MEMORY_LIMIT_MB:,} MB per process.", "",
+              "| stage | main process | largest worker (workers) | tree | main under limit | workers under limit |",
+              "|---|---|---|---|---|---|"]
+    for name, row in result.get("memory", {}).items():
+        workers = "" if row["worker_processes"] is None else f" ({row['worker_processes']})"
+        lines.append(f"| {name} | {_mb(row['main_peak_rss_mb'])} | {_mb(row['largest_worker_peak_rss_mb'])}"
+                     f"{workers} | {_mb(row['tree_peak_rss_mb'])} | {_yes_no(row['main_under_limit'])} | "
+                     f"{_yes_no(row['workers_under_limit'])} |")
+    lines.append("")
     for name, figures in result["stages"].items():
         lines.append(f"- `{name}`: {figures['seconds']} s wall, {figures['cpu_seconds']} s CPU, peak RSS "
                      f"{figures['peak_rss_mb']} MB (finished {figures['finished']}, load average then "

@@ -32,6 +32,20 @@ def test_run_stage_keeps_the_last_json_line_and_names_a_failing_command(tmp_path
                                                       "sys.exit(3)"], tmp_path)
 
 
+def test_run_stage_records_the_peak_of_the_main_process_and_of_its_largest_worker(tmp_path):
+    # the main process holds ~20 MB; its one worker allocates ~200 MB and holds it for a second
+    worker = "import time; block = bytearray(200 * 2**20); time.sleep(1.0)"
+    main = (f"import subprocess, sys, time; keep = bytearray(20 * 2**20); "
+            f"subprocess.check_call([sys.executable, '-c', {worker!r}])")
+    figures = bench.run_stage("tree", [sys.executable, "-c", main], tmp_path)
+    assert figures["worker_processes"] == 1
+    assert 200 <= figures["largest_worker_peak_rss_mb"] < 400
+    assert 20 <= figures["main_peak_rss_mb"] < 150
+    assert figures["peak_rss_mb"] >= figures["largest_worker_peak_rss_mb"] + figures["main_peak_rss_mb"] - 1
+    alone = bench.run_stage("alone", [sys.executable, "-c", "pass"], tmp_path)
+    assert alone["worker_processes"] == 0 and alone["largest_worker_peak_rss_mb"] is None
+
+
 def test_recorded_stages_are_not_run_again_unless_the_key_changes(tmp_path):
     path = tmp_path / "bench_stages.json"
     counter = tmp_path / "runs.txt"
@@ -61,7 +75,8 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     stages = {
         "train-localizer": _stage(200.0),
         "localize": _stage(50.0, {"evaluation": {"all": row, "spinal_canal_stenosis": row}}),
-        "features": _stage(1000.0, {"fit_seconds": {"cnn": 400.0}}),
+        "features": {**_stage(1000.0, {"fit_seconds": {"cnn": 400.0}}), "main_peak_rss_mb": 400.0,
+                     "largest_worker_peak_rss_mb": 2100.0, "worker_processes": 2},
         "train-gbm": _stage(100.0, {"oof": {"score": 0.55, **parts}}),
         "predict": _stage(300.0, {"seconds": {"load": 1.0, "localize": 50.0, "features": 240.0, "predict": 2.0}}),
         "score": _stage(1.0, {"score": 0.6, **parts}),
@@ -83,7 +98,15 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     assert result["real_train_set_hours"]["2_cores"] == pytest.approx(
         sum(timing[name]["real_train_2_cores_hours"] for name in
             ("train-localizer", "features (train): CNN fit", "features (train): describe", "train-gbm")))
+    memory = result["memory"]
+    assert memory["features"] == {"main_peak_rss_mb": 400.0, "largest_worker_peak_rss_mb": 2100.0,
+                                  "worker_processes": 2, "tree_peak_rss_mb": 500.0, "main_under_limit": True,
+                                  "workers_under_limit": False}
+    # a stage recorded before the per-process figures existed
+    assert memory["report"]["main_peak_rss_mb"] is None and memory["report"]["main_under_limit"] is None
     markdown = bench.render_markdown(result)
+    assert "| features | 400 | 2,100 (2) | 500 | yes | **no** |" in markdown
+    assert "| report |  |  | 500 |  |  |" in markdown
     assert "| radiospine | 0.6000 | 0.5000 | 0.6000 | 0.7000 | 0.4000 |" in markdown
     assert "Test score / oracle score: 2.000." in markdown
     assert "| features (train): describe | 200 | 600.0 |" in markdown

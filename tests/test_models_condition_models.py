@@ -238,3 +238,43 @@ def test_predict_studies_fills_undescribed_and_absent_rows_from_the_prior(traine
     modelled = predictions[predictions["study_id"] == study_ids[1]].reset_index(drop=True)
     direct = trained.predict(features[features["study_id"] == study_ids[1]]).reset_index(drop=True)
     pd.testing.assert_frame_equal(modelled[PROBABILITIES], direct[PROBABILITIES])
+
+
+def test_predicting_a_stored_table_chunk_by_chunk_equals_predicting_it_whole(trained, synthetic, tmp_path,
+                                                                              monkeypatch):
+    """predict reads the stored feature table a few studies at a time (memory bounded whatever the number of
+    studies), with the same predictions and filled rows (statuses included) as the whole table at once."""
+    from radiospine.features import store as store_module
+    from radiospine.features.columns import is_status_column
+    from radiospine.metrics import weighted_prior
+
+    features = synthetic.features.copy()
+    feature_columns = feature_columns_of(features)
+    study_ids = sorted(int(s) for s in features["study_id"].unique())
+    first, absent = study_ids[0], study_ids[-1]
+    features.loc[features["study_id"] == first, feature_columns] = np.nan
+    features = features[features["study_id"] != absent].reset_index(drop=True)
+    strings = {c for c in features.columns if is_status_column(c)} | {"condition", "level"}
+    store = store_module.FeatureStore(tmp_path / "features")
+    store.open(config=_config(), inputs={}, schema=store_module.table_schema(list(features.columns), strings))
+    for study_id, rows in features.groupby("study_id"):
+        store.write_study(study_id, rows)
+    prior = weighted_prior(synthetic.labels, pseudo_count=1.0)
+    whole, whole_filled = trained.predict_studies(store.read(), study_ids, prior)
+
+    read_sizes = []
+    read_features = store_module.read_features
+
+    def recording_read(root, ids=None):
+        table = read_features(root, ids)
+        read_sizes.append(table["study_id"].nunique())
+        return table
+
+    monkeypatch.setattr(store_module, "read_features", recording_read)
+    chunked, filled = trained.predict_stored_studies(store.root, study_ids, prior, chunk_studies=4)
+    assert max(read_sizes) <= 4 and len(read_sizes) == -(-len(study_ids) // 4)
+    pd.testing.assert_frame_equal(chunked, whole)  # bit for bit
+    pd.testing.assert_frame_equal(filled[["study_id", "condition", "level"]], whole_filled)
+    status = status_column(feature_columns[0].split("__")[0])
+    assert filled.loc[filled["study_id"] == absent, status].isna().all()  # no feature row: no status
+    assert filled.loc[filled["study_id"] == first, status].notna().all()

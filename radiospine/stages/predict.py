@@ -34,10 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from radiospine import artifacts, vocab
+    from radiospine import artifacts
     from radiospine.features.columns import is_status_column
     from radiospine.features.stage import run_features_stage
-    from radiospine.features.store import read_features
     from radiospine.models.condition_models import TrainedModels
     from radiospine.roi.localizer.stage import localize
     from radiospine.submission import build_submission, study_ids_of_split, write_submission
@@ -60,18 +59,18 @@ def run(args: argparse.Namespace) -> int:
     step = time.perf_counter()
     run_features_stage(data, args.split, workspace.root, config, jobs=args.jobs, scheduler=args.scheduler,
                        progress=not args.no_progress)
-    features = read_features(workspace.features_dir(args.split))
     timings["features"] = time.perf_counter() - step
 
+    # The feature table is read and predicted a chunk of studies at a time: memory does not grow with the
+    # number of studies (TrainedModels.predict_stored_studies).
     step = time.perf_counter()
-    completed, filled = models.predict_studies(features, study_ids, prior)
-    status_columns = [c for c in features.columns if is_status_column(c)]
+    completed, filled = models.predict_stored_studies(workspace.features_dir(args.split), study_ids, prior)
+    status_columns = [c for c in filled.columns if is_status_column(c)]
     submission = build_submission(completed, study_ids)
     write_submission(submission, out, expected_study_ids=study_ids)
     timings["predict"] = time.perf_counter() - step
 
     if len(filled):
-        filled = filled.merge(features[[*vocab.KEY_COLUMNS, *status_columns]], on=list(vocab.KEY_COLUMNS), how="left")
         with artifacts.atomic_path(out.with_name(f"{out.stem}.filled.csv")) as tmp:
             filled.to_csv(tmp, index=False)
         by_study = filled.groupby("study_id").size()

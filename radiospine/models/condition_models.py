@@ -231,18 +231,19 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
         if failed_rows[extractor]:
             logger.info("%s: %d of %d rows have a failed extraction (NaN features)", extractor,
                         failed_rows[extractor], len(features))
-    values = pd.DataFrame(features[candidates].to_numpy(dtype=np.float64), columns=candidates)
+    # One copy of the values (the column selection); the frame wraps that array rather than copying it again.
+    values = pd.DataFrame(features[candidates].to_numpy(dtype=np.float64), columns=candidates, copy=False)
     return PreparedFeatures(pd.concat([keys, values], axis=1), candidates, failed_rows)
 
 
 def _design_matrix(table: pd.DataFrame, group: ModelGroup, feature_columns: list[str]) -> pd.DataFrame:
     """The group's rows of ``table`` as the model's input: ``feature_columns`` then the group's key features."""
-    rows = table[group.rows(table)]
-    design = rows[feature_columns].copy()
+    mask = group.rows(table)
+    design = table.loc[mask, feature_columns]  # one copy of the group's values (not the rows, then the columns)
     if LEVEL_FEATURE in group.key_features:
-        design[LEVEL_FEATURE] = pd.Index(vocab.LEVELS).get_indexer(rows["level"]).astype(np.float64)
+        design[LEVEL_FEATURE] = pd.Index(vocab.LEVELS).get_indexer(table.loc[mask, "level"]).astype(np.float64)
     if SIDE_FEATURE in group.key_features:
-        sides = rows["condition"].map(lambda condition: vocab.split_condition(condition).side)
+        sides = table.loc[mask, "condition"].map(lambda condition: vocab.split_condition(condition).side)
         design[SIDE_FEATURE] = (sides == "left").to_numpy(dtype=np.float64)
     return design.reset_index(drop=True)
 
@@ -464,30 +465,43 @@ def _long_predictions(keys: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
     return pd.concat([keys.reset_index(drop=True), pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
 
 
-def train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, config: ModelsConfig) -> TrainedModels:
+def train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_long: pd.DataFrame,
+                           config: ModelsConfig) -> TrainedModels:
     """Train, blend, calibrate and score the per-condition models (see the module docstring).
 
-    ``features``: the feature table; ``labels_long``: long labels; ``config``: the ``models`` config section.
-    Only studies with at least one label are used. The labelled rows must cover all three base conditions
-    (the metric has four parts). BLAS runs on one thread (:func:`radiospine.threads.single_threaded_blas`): with the
-    boosters' seeds and ``models.n_jobs`` threads, the same table and config give the same models bit for bit.
+    ``features``: the feature table, or what :func:`prepare_features` made of it with ``config.extractors`` (a
+    caller that drops its table then holds one copy of the values, not two); ``labels_long``: long labels;
+    ``config``: the ``models`` config section. Only studies with at least one label are used. The labelled rows
+    must cover all three base conditions (the metric has four parts). BLAS runs on one thread
+    (:func:`radiospine.threads.single_threaded_blas`): with the boosters' seeds and ``models.n_jobs`` threads, the
+    same table and config give the same models bit for bit.
+
+    Memory: the table's values (float64) are held once, plus a model group's design matrix and the boosters'
+    own copies of it while the group trains; all grow linearly with the number of studies.
     """
     with single_threaded_blas():
         return _train_condition_models(features, labels_long, config)
 
 
-def _train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, config: ModelsConfig
-                            ) -> TrainedModels:
-    prepared = prepare_features(features, config.extractors)
-    table, feature_columns = prepared.table, prepared.columns
+def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_long: pd.DataFrame,
+                            config: ModelsConfig) -> TrainedModels:
+    prepared = features if isinstance(features, PreparedFeatures) else prepare_features(features, config.extractors)
+    table, feature_columns, failed_rows = prepared.table, prepared.columns, prepared.failed_rows
+    del prepared, features
     labels = metrics.as_long_labels(labels_long)
-    table = table.merge(labels, on=list(vocab.KEY_COLUMNS), how="left", validate="one_to_one")
+    # The labels are merged onto the keys, not the wide table (a merge copies every column of both sides);
+    # a left merge keeps the left side's row order, so the label columns line up with the table's rows.
+    keys = table[list(vocab.KEY_COLUMNS)]
+    with_labels = keys.merge(labels, on=list(vocab.KEY_COLUMNS), how="left", validate="one_to_one")
+    table = table.assign(**{column: with_labels[column].set_axis(table.index) for column in with_labels.columns
+                            if column not in vocab.KEY_COLUMNS})
+    del keys, with_labels
     labelled_studies = labels.loc[labels["severity"].notna(), "study_id"].unique()
     in_labelled_study = table["study_id"].isin(labelled_studies).to_numpy()
     if not in_labelled_study.all():
         logger.info("%d feature rows belong to studies without labels; they are not used",
                     (~in_labelled_study).sum())
-    table = table[in_labelled_study].reset_index(drop=True)
+        table = table[in_labelled_study].reset_index(drop=True)
     severity = table["severity"].astype("Float64").fillna(-1).to_numpy(dtype=np.int64)
     labelled = severity >= 0
     with_features = labels.merge(table[list(vocab.KEY_COLUMNS)], on=list(vocab.KEY_COLUMNS))
@@ -570,7 +584,7 @@ def _train_condition_models(features: pd.DataFrame, labels_long: pd.DataFrame, c
         "n_studies": len(folds),
         "labelled_rows_without_features": unmatched,
         "n_feature_columns": len(feature_columns),
-        "failed_extraction_rows": prepared.failed_rows,
+        "failed_extraction_rows": failed_rows,
         "all_nan_columns_dropped": dropped_columns,
         "fit_seconds": fit_seconds,
         "cv_scores": cv_scores,

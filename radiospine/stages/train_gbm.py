@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.features.store import read_features
     from radiospine.labels import labels_to_long, load_train_labels
     from radiospine.metrics import weighted_prior
-    from radiospine.models.condition_models import train_condition_models
+    from radiospine.models.condition_models import prepare_features, train_condition_models
     from radiospine.workspace import Workspace
 
     config = config_from_arguments(args)
@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     fit_started = time.perf_counter()
-    trained = train_condition_models(features, labels, config.models)
+    # The validated float64 values replace the table read from the store: one copy in memory while training.
+    prepared = prepare_features(features, config.models.extractors)
+    del features
+    trained = train_condition_models(prepared, labels, config.models)
+    del prepared
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
     with artifacts.atomic_path(workspace.prior) as tmp:

@@ -278,3 +278,10 @@ def test_predicting_a_stored_table_chunk_by_chunk_equals_predicting_it_whole(tra
     status = status_column(feature_columns[0].split("__")[0])
     assert filled.loc[filled["study_id"] == absent, status].isna().all()  # no feature row: no status
     assert filled.loc[filled["study_id"] == first, status].notna().all()
+
+
+def test_training_on_prepared_features_equals_training_on_the_table(trained, synthetic):
+    """train-gbm hands over prepare_features' values and drops the table it read (one copy in memory)."""
+    again = train_condition_models(prepare_features(synthetic.features), synthetic.labels, _config())
+    pd.testing.assert_frame_equal(again.oof_predictions, trained.oof_predictions)
+    assert again.report["failed_extraction_rows"] == trained.report["failed_extraction_rows"]

@@ -375,9 +375,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| points | n | found | median error (mm) | p95 error (mm) | right instance | wrong level |",
         "|---|---|---|---|---|---|---|",
     ]
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
     for name, row in result["localizer"].items():
-        lines.append(f"| {name} | {row['points']} | {row['found_share']:.1%} | {row['error_mm_median']} | "
-                     f"{row['error_mm_p95']} | {row['same_instance_share']:.1%} | {row['wrong_level_share']:.1%} |")
+        lines.append(f"| {name} | {row['points']} | {share(row['found_share'])} | {row['error_mm_median']} | "
+                     f"{row['error_mm_p95']} | {share(row['same_instance_share'])} | "
+                     f"{share(row['wrong_level_share'])} |")
     lines += [
         "", "## Feature stage against a naive loop", "",
         f"{features['studies']} training studies, {features['rois']} ROIs, {features['features_per_roi']} features "

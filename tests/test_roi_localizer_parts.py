@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from radiospine.config import LocalizerConfig
 from radiospine.errors import CheckpointError
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
+from radiospine.roi.localizer.evaluation import summarise_evaluation
 from radiospine.roi.localizer.grids import (
     canonical_axes,
     decode_peak,
@@ -159,3 +163,18 @@ def test_levels_are_decoded_together_in_anatomical_order() -> None:
     decoded = decode_levels(probabilities, grid, [[0, 1]] * 5, min_peak=0.1)
     assert decoded[3] is None and decoded[4] is not None
     assert decode_levels(probabilities, grid, [[]] * 5, min_peak=0.1) == [None] * 5
+
+
+def test_evaluation_summary_is_strict_json_when_a_figure_is_undefined() -> None:
+    """Regression: a condition without truth points (or without a found point) gave NaN, which is not JSON."""
+    evaluation = pd.DataFrame({
+        "study_id": [1, 1], "condition": ["spinal_canal_stenosis", "left_subarticular_stenosis"],
+        "level": ["l1_l2", "l1_l2"], "found": [True, False], "error_mm": [1.0, np.nan],
+        "in_plane_error_mm": [0.5, np.nan], "same_instance": [True, False], "wrong_level": [False, False]})
+    summary = json.loads(json.dumps(summarise_evaluation(evaluation), allow_nan=False))
+    assert summary["spinal_canal_stenosis"]["error_mm_median"] == 1.0
+    assert summary["neural_foraminal_narrowing"] == {"points": 0, **dict.fromkeys(
+        ("found_share", "error_mm_median", "error_mm_p95", "in_plane_error_mm_median", "in_plane_error_mm_p95",
+         "same_instance_share", "wrong_level_share"))}
+    assert summary["subarticular_stenosis"]["found_share"] == 0.0
+    assert summary["subarticular_stenosis"]["error_mm_median"] is None

@@ -48,20 +48,27 @@ def evaluate_points(catalog: Catalog, predicted: pd.DataFrame, truth: pd.DataFra
     return pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
 
 
+def _figure(value: float, digits: int) -> float | None:
+    """``value`` rounded to ``digits``, or None where it is undefined (no points, or none found): JSON has no NaN."""
+    value = float(value)
+    return round(value, digits) if np.isfinite(value) else None
+
+
 def summarise_evaluation(evaluation: pd.DataFrame) -> dict:
     """Per base condition, per condition and overall: points, share found, error median / 95th percentile (3D and
-    in-plane), share on the right instance, share at the wrong level (of the found points)."""
+    in-plane), share on the right instance, share at the wrong level (of the found points). A figure without
+    points to compute it from (a condition without truth points, or none of its points found) is None."""
     def summary(frame: pd.DataFrame) -> dict:
         found = frame[frame["found"]]
         return {
             "points": len(frame),
-            "found_share": round(float(frame["found"].mean()), 4) if len(frame) else float("nan"),
-            "error_mm_median": round(float(found["error_mm"].median()), 2),
-            "error_mm_p95": round(float(found["error_mm"].quantile(0.95)), 2),
-            "in_plane_error_mm_median": round(float(found["in_plane_error_mm"].median()), 2),
-            "in_plane_error_mm_p95": round(float(found["in_plane_error_mm"].quantile(0.95)), 2),
-            "same_instance_share": round(float(found["same_instance"].mean()), 4),
-            "wrong_level_share": round(float(found["wrong_level"].mean()), 4),
+            "found_share": _figure(frame["found"].mean() if len(frame) else np.nan, 4),
+            "error_mm_median": _figure(found["error_mm"].median(), 2),
+            "error_mm_p95": _figure(found["error_mm"].quantile(0.95), 2),
+            "in_plane_error_mm_median": _figure(found["in_plane_error_mm"].median(), 2),
+            "in_plane_error_mm_p95": _figure(found["in_plane_error_mm"].quantile(0.95), 2),
+            "same_instance_share": _figure(found["same_instance"].mean(), 4),
+            "wrong_level_share": _figure(found["wrong_level"].mean(), 4),
         }
 
     base = evaluation["condition"].map(lambda c: vocab.split_condition(c).base)

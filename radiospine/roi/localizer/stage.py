@@ -125,5 +125,6 @@ def localize(data_dir: str | Path, split: str, work_dir: str | Path, roi_config:
         with atomic_path(out.with_name(f"{out.stem}.evaluation.csv")) as tmp:
             evaluation.to_csv(tmp, index=False, lineterminator="\n")
         summary["evaluation"] = summarise_evaluation(evaluation)
-    atomic_write_text(out.with_name(f"{out.stem}.summary.json"), json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out.with_name(f"{out.stem}.summary.json"), json.dumps(summary, indent=2, default=str,
+                                                                               allow_nan=False))
     return summary

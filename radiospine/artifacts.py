@@ -13,8 +13,9 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 
 from radiospine import __version__
 from radiospine.config import config_hash
-from radiospine.errors import DataError
+from radiospine.errors import DataError, UserError
 
 MANIFEST_NAME = "_manifest.json"
 _UMASK = os.umask(0o022)
@@ -97,3 +98,29 @@ def is_up_to_date(folder: str | Path, *, config: BaseModel, inputs: Mapping[str,
     manifest = read_manifest(folder)
     return (manifest is not None and manifest.get("config_hash") == config_hash(config)
             and manifest.get("inputs", {}) == dict(inputs or {}))
+
+
+def prepare_output_folder(out_dir: str | Path, entries: Sequence[str], *, overwrite: bool) -> Path:
+    """Make ``out_dir`` ready for a writer that owns ``entries`` (its files and folders directly inside it).
+
+    Entries already there are removed when ``overwrite`` is set; anything else in the folder is left alone.
+
+    Raises:
+        UserError: ``out_dir`` is a file, or already holds some of ``entries`` and ``overwrite`` is not set (the
+            message names them and the fix).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; pass another --out")
+    present = [name for name in entries if (out_dir / name).exists()]
+    if present and not overwrite:
+        raise UserError(f"{out_dir} already holds a data set ({', '.join(present)}); pass --overwrite to replace "
+                        f"it or choose another --out")
+    for name in present:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir

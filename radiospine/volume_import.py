@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from radiospine import vocab
-from radiospine.artifacts import atomic_path, atomic_write_text
+from radiospine.artifacts import atomic_path, atomic_write_text, prepare_output_folder
 from radiospine.errors import DataError, MissingInputError, UserError
 
 log = logging.getLogger(__name__)
@@ -228,19 +227,6 @@ _OUTPUTS = ("train_images", "test_images", "train_series_descriptions.csv", "tes
             "train.csv", "train_label_coordinates.csv", IMPORT_FOLDER)
 
 
-def _prepare(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; pass another --out")
-    present = [name for name in _OUTPUTS if (out_dir / name).exists()]
-    if present and not overwrite:
-        raise UserError(f"{out_dir} already holds a data set ({', '.join(present)}); pass --overwrite to replace "
-                        f"it or choose another --out")
-    for name in present:
-        path = out_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False, lineterminator="\n")
@@ -259,8 +245,7 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
         raise UserError(f"unknown split {split!r}; expected 'train' or 'test'")
     volumes = find_volumes(volumes_dir)
     grades = load_gradings(gradings) if gradings is not None else None
-    out_dir = Path(out_dir)
-    _prepare(out_dir, overwrite)
+    out_dir = prepare_output_folder(out_dir, _OUTPUTS, overwrite=overwrite)
     series_rows, coordinate_rows, disc_tables, checks = [], [], [], []
     for number, item in enumerate(volumes, start=1):
         volume = read_image_file(item.path, study_id=item.study_id, series_id=item.series_id)

@@ -10,6 +10,7 @@ import pytest
 
 from radiospine import artifacts
 from radiospine.config import SynthConfig
+from radiospine.errors import UserError
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
@@ -57,3 +58,18 @@ def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_prepare_output_folder_refuses_then_replaces_only_its_own_entries(tmp_path) -> None:
+    out = tmp_path / "data"
+    (out / "train_images" / "1").mkdir(parents=True)
+    (out / "train.csv").write_text("old\n")
+    (out / "notes.txt").write_text("the user's\n")
+    with pytest.raises(UserError, match=r"already holds a data set \(train_images, train\.csv\).*--overwrite"):
+        artifacts.prepare_output_folder(out, ("train_images", "train.csv", "test.csv"), overwrite=False)
+    assert (out / "train.csv").read_text() == "old\n"
+    assert artifacts.prepare_output_folder(out, ("train_images", "train.csv"), overwrite=True) == out
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    with pytest.raises(UserError, match="is not a folder"):
+        artifacts.prepare_output_folder(out / "notes.txt", ("train.csv",), overwrite=True)
+    assert artifacts.prepare_output_folder(tmp_path / "new" / "data", ("train.csv",), overwrite=False).is_dir()

@@ -42,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     config = config.model_validate({**config.model_dump(), **updates})
-    try:
-        manifest = generate_dataset(args.out, config, jobs=args.jobs, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        raise UserError(str(exc)) from None
+    manifest = generate_dataset(args.out, config, jobs=args.jobs, overwrite=args.overwrite)
     print(json.dumps({"out": str(args.out), "studies": manifest["studies"], "files": manifest["files"],
                       "megabytes": round(manifest["bytes"] / 1e6, 1), "scores_on_test": {
                           name: None if result is None else round(result["score"], 4)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from radiospine import vocab
-from radiospine.artifacts import atomic_path, atomic_write_text
+from radiospine.artifacts import atomic_path, atomic_write_text, prepare_output_folder
 from radiospine.config import SynthConfig
 from radiospine.io.write import MrImageHeader, derived_uid, write_mr_image
 from radiospine.labels import write_label_coordinates
@@ -192,22 +191,6 @@ def generate_study(out_dir: str | Path | None, split: str, index: int, study_id:
                        latent=_latent_rows(study_id, labels, anatomy), n_files=n_files, n_bytes=n_bytes)
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; pass another --out")
-    present = [name for name in OUTPUT_ENTRIES if (out_dir / name).exists()]
-    if present and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a data set ({', '.join(present)}); pass --overwrite to "
-                              f"replace it or choose another --out")
-    for name in present:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV atomically, ``\\n`` line ends, no index."""
     with atomic_path(path) as temporary:
@@ -290,10 +273,9 @@ def generate_dataset(out_dir: str | Path, config: SynthConfig, *, jobs: int = 1,
         overwrite: replace the generator's files in ``out_dir`` (other files there are left alone).
 
     Raises:
-        FileExistsError: ``out_dir`` already holds a data set and ``overwrite`` is False.
+        UserError: ``out_dir`` already holds a data set and ``overwrite`` is False.
     """
-    out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite)
+    out_dir = prepare_output_folder(out_dir, OUTPUT_ENTRIES, overwrite=overwrite)
     counts = {"train": config.train_studies, "test": config.test_studies}
     ids = draw_study_ids(config.seed, counts)
     tasks = [(split, index, study_id) for split in counts for index, study_id in enumerate(ids[split])]

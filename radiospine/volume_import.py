@@ -48,6 +48,11 @@ import pandas as pd
 from radiospine import vocab
 from radiospine.artifacts import atomic_path, atomic_write_text, prepare_output_folder
 from radiospine.errors import DataError, MissingInputError, UserError
+from radiospine.geometry import slice_normal
+from radiospine.io.image_file import image_file_stem, image_file_suffix, read_image_file
+from radiospine.io.write import write_volume_series
+from radiospine.labels import write_label_coordinates
+from radiospine.roi.mask_points import disc_points
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +103,6 @@ def find_volumes(folder: str | Path) -> list[VolumeFile]:
         MissingInputError: no such folder, or no image file in it.
         DataError: a file name without a leading study id, a mask without its image.
     """
-    from radiospine.io.image_file import image_file_stem, image_file_suffix
-
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingInputError(f"volume folder {folder} does not exist")
@@ -135,8 +138,6 @@ def find_volumes(folder: str | Path) -> list[VolumeFile]:
 
 def series_description(affine: np.ndarray, name: str, path: str | Path = "") -> str:
     """The series type of a stack from its slice direction and (sagittal) its file name (module docstring)."""
-    from radiospine.geometry import slice_normal
-
     axis = int(np.argmax(np.abs(slice_normal(affine))))
     if axis == 2:
         return vocab.AXIAL_T2
@@ -236,11 +237,6 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
                    split: str = "train", disc_label: int = 2, canal_label: int = 3, min_disc_mm3: float = 100.0,
                    overwrite: bool = False, previews: bool = False) -> dict:
     """Write the data folder described in the module docstring; returns the manifest (also written)."""
-    from radiospine.io.image_file import image_file_stem, read_image_file
-    from radiospine.io.write import write_volume_series
-    from radiospine.labels import write_label_coordinates
-    from radiospine.roi.mask_points import disc_points
-
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; expected 'train' or 'test'")
     volumes = find_volumes(volumes_dir)

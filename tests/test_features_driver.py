@@ -75,6 +75,12 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     assert set(summary.seconds_per_roi) == {"radiomics", "cnn"} and summary.seconds_per_roi["radiomics"] > 0
     assert list(summary.fit_seconds) == ["cnn"] and 0 < summary.fit_seconds["cnn"] < summary.seconds
     table = store.read()
+    # The finished run compacted the table; the compacted file reads as the shards do.
+    compact = store.root / "_compact.arrow"
+    assert compact.is_file()
+    os.replace(compact, store.root / "_aside")
+    pd.testing.assert_frame_equal(table, store.read(), check_exact=True)
+    os.replace(store.root / "_aside", compact)
 
     # Unique and complete: every (study, condition, level), labelled or not, exactly once.
     assert not table.duplicated(["study_id", "condition", "level"]).any()

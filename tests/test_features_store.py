@@ -12,6 +12,7 @@ import pytest
 from radiospine import vocab
 from radiospine.config import FeaturesConfig, RadiomicsConfig
 from radiospine.errors import StoreError
+from radiospine.features import store as store_module
 from radiospine.features.columns import feature_column, status_column
 from radiospine.features.store import FeatureStore, read_features, table_schema
 
@@ -176,3 +177,113 @@ def test_read_features_names_the_missing_stage(tmp_path: Path) -> None:
     store = opened(tmp_path)
     store.write_study(2, study_frame(2, 0.0))
     pd.testing.assert_frame_equal(read_features(tmp_path), store.read())
+
+
+# --- the compacted copy (_compact.arrow) --------------------------------------------------------------------------
+def compacted_store(root: Path, study_ids, per_batch: int, monkeypatch) -> FeatureStore:
+    monkeypatch.setattr(store_module, "COMPACT_STUDIES_PER_BATCH", per_batch)
+    store = opened(root)
+    for study_id in study_ids:
+        store.write_study(study_id, study_frame(study_id, float(study_id)))
+    return store
+
+
+def shards_only(root: Path, study_ids=None) -> pd.DataFrame:
+    """The table as read from the shards, with any compacted file out of the way."""
+    compact = root / store_module.COMPACT_NAME
+    aside = root / "_aside.arrow"
+    if compact.exists():
+        os.replace(compact, aside)
+    try:
+        return FeatureStore(root).read(study_ids)
+    finally:
+        if aside.exists():
+            os.replace(aside, compact)
+
+
+def test_the_compacted_file_reads_as_the_shards_whole_and_in_subsets(tmp_path: Path, monkeypatch) -> None:
+    study_ids = [30, 4, 1000, 7, 12, 5, 99]
+    store = compacted_store(tmp_path, study_ids, 3, monkeypatch)
+    expected = shards_only(tmp_path)
+    assert store.compact() is True
+    assert store.compact() is False  # up to date: not rewritten
+    assert (tmp_path / store_module.COMPACT_NAME).is_file()
+
+    calls = []
+    real = store_module.pq.read_table
+    monkeypatch.setattr(store_module.pq, "read_table", lambda *a, **k: calls.append(a) or real(*a, **k))
+    table = read_features(tmp_path)
+    assert not calls, "the compacted file must be read instead of the shards"
+    assert table.equals(expected) and list(table.columns) == list(expected.columns)
+    assert (table.dtypes == expected.dtypes).all()
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    # Subsets: within one batch, across batches, with unknown studies, empty.
+    for subset in ([4], [5, 7], [4, 30, 1000], [12, 99, 123456], [1000, 4], list(study_ids), [123456]):
+        want = shards_only(tmp_path, subset)
+        calls.clear()
+        part = read_features(tmp_path, subset)
+        assert not calls
+        pd.testing.assert_frame_equal(part, want, check_exact=True)
+        assert part.equals(want)
+    # pandas.read_parquet(folder) still sees the shards only.
+    assert len(pd.read_parquet(tmp_path)) == 25 * len(study_ids)
+
+
+def test_a_shard_added_or_rewritten_after_compaction_makes_it_stale(tmp_path: Path, monkeypatch) -> None:
+    store = compacted_store(tmp_path, [1, 2, 3], 2, monkeypatch)
+    store.compact()
+    before = (tmp_path / store_module.COMPACT_NAME).read_bytes()
+
+    store.write_study(2, study_frame(2, 50.0))  # rewritten (same size, atomically replaced)
+    table = read_features(tmp_path)
+    assert table.loc[table["study_id"] == 2, MEAN].max() == 74.0
+    pd.testing.assert_frame_equal(table, shards_only(tmp_path), check_exact=True)
+    assert store.compact() is True  # the next feature run rebuilds it
+    assert (tmp_path / store_module.COMPACT_NAME).read_bytes() != before
+    pd.testing.assert_frame_equal(read_features(tmp_path), table, check_exact=True)
+
+    store.write_study(8, study_frame(8, 8.0))  # added
+    assert read_features(tmp_path)["study_id"].unique().tolist() == [1, 2, 3, 8]
+    store.compact()
+    (tmp_path / "study_1.parquet").unlink()  # removed
+    assert read_features(tmp_path)["study_id"].unique().tolist() == [2, 3, 8]
+
+    (tmp_path / store_module.COMPACT_NAME).write_bytes(b"ARROW1 not really")  # damaged: ignored, not fatal
+    assert read_features(tmp_path)["study_id"].unique().tolist() == [2, 3, 8]
+
+
+def test_a_compaction_killed_midway_leaves_a_readable_store(tmp_path: Path, monkeypatch) -> None:
+    store = compacted_store(tmp_path, [1, 2, 3, 4, 5], 1, monkeypatch)
+    store.compact()
+    store.write_study(6, study_frame(6, 6.0))  # the old compacted file is stale now
+    expected = shards_only(tmp_path)
+    seen = []
+
+    def crash(table, schema):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # what a kill looks like from inside (no cleanup code beyond `finally`)
+        return real(table, schema)
+
+    real = store_module._sorted_shard
+    monkeypatch.setattr(store_module, "_sorted_shard", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact()
+    monkeypatch.setattr(store_module, "_sorted_shard", real)
+    pd.testing.assert_frame_equal(read_features(tmp_path), expected, check_exact=True)
+    # A SIGKILL leaves the hidden temporary file too: out of read_parquet's way, removed by the next run.
+    (tmp_path / f".{store_module.COMPACT_NAME}.x.tmp").write_bytes(b"half an arrow file")
+    pd.testing.assert_frame_equal(read_features(tmp_path), expected, check_exact=True)
+    assert len(pd.read_parquet(tmp_path)) == 25 * 6
+    store = opened(tmp_path)  # the next run of the stage: resumes, removes the temporary file, compacts again
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert store.compact() is True
+    pd.testing.assert_frame_equal(read_features(tmp_path), expected, check_exact=True)
+
+
+def test_a_config_change_moves_the_compacted_file_aside_with_the_shards(tmp_path: Path, monkeypatch) -> None:
+    store = compacted_store(tmp_path, [1, 2], 32, monkeypatch)
+    store.compact()
+    opened(tmp_path, FeaturesConfig(radiomics=RadiomicsConfig(slice_mean=False)))
+    assert not (tmp_path / store_module.COMPACT_NAME).exists()
+    assert read_features(tmp_path).empty

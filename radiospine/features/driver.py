@@ -183,6 +183,8 @@ def compute_features(study_ids: Iterable[int], crops_for_study: CropsForStudy,
             n_rois += result.n_crops
             for name, value in result.seconds.items():
                 extractor_seconds[name] += value
+        if set(study_ids) <= store.done_studies():
+            store.compact()  # the whole table in one file that reads in seconds (kept up to date, else rebuilt)
     summary = RunSummary(studies=len(study_ids), skipped=len(study_ids) - len(todo), written=len(todo),
                          failed=failed, seconds=time.perf_counter() - start, rois=int(n_rois),
                          seconds_per_roi={name: total / n_rois for name, total in extractor_seconds.items()

@@ -6,6 +6,8 @@ Layout::
         study_<study_id>.parquet   one shard per study: its 25 rows (see radiospine.features.base)
         _manifest.json             config, config hash, input hashes (catalog, extractors), library versions,
                                    the column list
+        _compact.arrow             the whole table in one Arrow IPC file, written when a feature run finishes;
+                                   read instead of the shards while it matches them (see FeatureStore.compact)
         _lock                      held (flock) by the run writing the folder
         _<extractor>/              an extractor's own work files (the CNN's prepared inputs and models)
         _superseded/<when>_<hash>/ what a run with another config or other inputs left here
@@ -26,12 +28,16 @@ is deleted, and the moved files stay out of ``read_parquet``.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -50,6 +57,9 @@ log = logging.getLogger(__name__)
 SHARD_PATTERN = re.compile(r"^study_(\d+)\.parquet$")
 SUPERSEDED_DIR = "_superseded"
 LOCK_NAME = "_lock"
+COMPACT_NAME = "_compact.arrow"
+COMPACT_STUDIES_PER_BATCH = 32  # one record batch per 32 studies: predict's chunks read one or two batches
+_COMPACT_KEY = b"radiospine_compact"
 _CONDITION_ORDER = {condition: i for i, condition in enumerate(vocab.CONDITIONS)}
 _LEVEL_ORDER = {level: i for i, level in enumerate(vocab.LEVELS)}
 
@@ -192,7 +202,10 @@ class FeatureStore:
         """The whole table, or the rows of ``study_ids`` (those with a shard; others are absent), sorted by study,
         condition and level (vocabulary order); keys are unique.
 
-        The shards are read one by one and concatenated: ``pandas.read_parquet(folder)`` returns the same table
+        An up-to-date ``_compact.arrow`` (see :meth:`compact`) is read instead of the shards, by memory map and
+        only the record batches holding ``study_ids``: seconds for the whole real table instead of 0.2-0.3 s per
+        shard, with the same frame (values, dtypes, column and row order). Otherwise the shards are read one by
+        one and concatenated: ``pandas.read_parquet(folder)`` returns the same table
         but its dataset scan held 5.9 GB to return a 175 MB table of 200 studies x 4,574 columns (memory growing
         with the number of shards), against 0.8 GB here. The whole table's memory grows with the number of
         studies (about 0.9 MB of float64 values per study, and a process reading it holds about 2.5 MB per study
@@ -200,12 +213,124 @@ class FeatureStore:
         """
         done = sorted(self.done_studies() if study_ids is None
                       else self.done_studies() & {int(s) for s in study_ids})
+        compact = self._read_compact(done) if done else None
+        if compact is not None:
+            return sort_table(compact, where=str(self.root))
         if not done:
             columns = (self.manifest() or {}).get("columns", list(vocab.KEY_COLUMNS))
             return pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
         frame = pd.concat([pq.read_table(self.shard_path(study_id)).to_pandas() for study_id in done],
                           ignore_index=True)
         return sort_table(frame, where=str(self.root))
+
+    # --- the compacted copy -----------------------------------------------------------------------
+    @property
+    def compact_path(self) -> Path:
+        return self.root / COMPACT_NAME
+
+    def shard_fingerprint(self) -> str:
+        """A hash of the shard set: every shard's name, inode, size and modification time (a shard added,
+        removed or rewritten, even atomically with ``os.replace``, changes it)."""
+        entries = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                if SHARD_PATTERN.match(entry.name):
+                    stat = entry.stat()
+                    entries.append(f"{entry.name}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+    def _compact_info(self) -> dict[str, Any] | None:
+        """The compacted file's own record (studies, batches, fingerprint of the shards it was built from), or
+        None when there is no such file or it does not match the shards as they are now."""
+        if not self.compact_path.is_file():
+            return None
+        try:
+            with pa.memory_map(str(self.compact_path)) as source:
+                metadata = pa.ipc.open_file(source).schema.metadata or {}
+            info = json.loads(metadata[_COMPACT_KEY])
+        except (pa.ArrowInvalid, OSError, KeyError, ValueError) as exc:
+            log.warning("%s cannot be used (%s); reading the shards", self.compact_path, exc)
+            return None
+        if info.get("shards") != self.shard_fingerprint():
+            log.info("%s is older than the shards (a shard was added, removed or rewritten since); reading the "
+                     "shards", self.compact_path)
+            return None
+        return info
+
+    def compact(self) -> bool:
+        """Write every shard's rows into one Arrow IPC file, ``_compact.arrow``, unless an up-to-date one is
+        there; call it holding :meth:`lock`. Returns True when a file was written.
+
+        The file holds the rows sorted (study, then vocabulary order), one record batch per
+        ``COMPACT_STUDIES_PER_BATCH`` studies, uncompressed so that reading maps it into memory. Its schema
+        metadata records the studies, where each batch starts, and :meth:`shard_fingerprint` of the shards it
+        was built from: a shard added, removed or rewritten afterwards makes :meth:`read` ignore the file (and
+        the next feature run rebuild it). It is written atomically (a kill leaves the old file, or none, and the
+        shards), holding one batch in memory at a time. The shards stay: they are what a resumed run and
+        ``pandas.read_parquet(folder)`` use.
+        """
+        if self._compact_info() is not None:
+            return False
+        fingerprint = self.shard_fingerprint()
+        done = sorted(self.done_studies())
+        if not done:
+            return False
+        start = time.perf_counter()
+        schema = _plain_schema(pq.read_schema(self.shard_path(done[0])))
+        batches = [done[i:i + COMPACT_STUDIES_PER_BATCH] for i in range(0, len(done), COMPACT_STUDIES_PER_BATCH)]
+        info = {"shards": fingerprint, "studies": done, "batch_first_study": [batch[0] for batch in batches]}
+        schema = schema.with_metadata({_COMPACT_KEY: json.dumps(info).encode()})
+        with (artifacts.atomic_path(self.compact_path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
+              pa.ipc.new_file(sink, schema) as writer):
+            for batch in batches:
+                tables = [_sorted_shard(pq.read_table(self.shard_path(study_id)), schema) for study_id in batch]
+                writer.write_table(pa.concat_tables(tables).combine_chunks(), max_chunksize=1 << 30)
+        if self.shard_fingerprint() != fingerprint:  # cannot happen under the lock; guards a careless caller
+            self.compact_path.unlink(missing_ok=True)
+            raise StoreError(f"{self.root}: the shards changed while they were being compacted")
+        log.info("features in %s: %d studies compacted into %s in %.1f s", self.root, len(done), COMPACT_NAME,
+                 time.perf_counter() - start)
+        return True
+
+    def _read_compact(self, study_ids: list[int]) -> pd.DataFrame | None:
+        """The rows of ``study_ids`` (all with a shard) from an up-to-date compacted file, or None."""
+        info = self._compact_info()
+        if info is None:
+            return None
+        if not set(study_ids) <= set(info["studies"]):  # cannot happen with a matching fingerprint
+            return None
+        firsts = info["batch_first_study"]
+        wanted = sorted({bisect.bisect_right(firsts, study_id) - 1 for study_id in study_ids})
+        with pa.memory_map(str(self.compact_path)) as source:
+            reader = pa.ipc.open_file(source)
+            table = pa.Table.from_batches([reader.get_batch(i) for i in wanted], schema=reader.schema)
+            per = COMPACT_STUDIES_PER_BATCH
+            if len(study_ids) < sum(len(info["studies"][i * per:(i + 1) * per]) for i in wanted):
+                mask = pc.is_in(table["study_id"], value_set=pa.array(study_ids, type=pa.int64()))
+                table = table.filter(mask)
+            return table.replace_schema_metadata(None).to_pandas()
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without metadata (shards of older runs carry pandas' metadata)."""
+    return schema.remove_metadata()
+
+
+def _sorted_shard(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """One shard's rows in vocabulary order, with ``schema``'s columns, types and no metadata."""
+    table = table.select(schema.names)
+    if table.schema.remove_metadata().equals(schema.remove_metadata()):
+        table = table.replace_schema_metadata(schema.metadata)
+    else:
+        table = pa.Table.from_arrays([column.cast(field.type) for column, field in zip(table.columns, schema)],
+                                     schema=schema)
+    condition = pc.index_in(table["condition"], value_set=pa.array(vocab.CONDITIONS))
+    level = pc.index_in(table["level"], value_set=pa.array(vocab.LEVELS))
+    order = pc.sort_indices(pa.table({"c": condition, "l": level}), sort_keys=[("c", "ascending"),
+                                                                               ("l", "ascending")])
+    if order.equals(pa.array(range(len(table)), type=order.type)):  # the driver writes in vocabulary order
+        return table
+    return table.take(order)
 
 
 def sort_table(frame: pd.DataFrame, *, where: str = "feature table") -> pd.DataFrame:
@@ -217,6 +342,8 @@ def sort_table(frame: pd.DataFrame, *, where: str = "feature table") -> pd.DataF
         "condition": frame["condition"].map(_CONDITION_ORDER).to_numpy(),
         "level": frame["level"].map(_LEVEL_ORDER).to_numpy(),
     }).sort_values(list(vocab.KEY_COLUMNS), kind="stable").index
+    if (order == np.arange(len(frame))).all():  # already sorted (the compacted file is): no copy of the table
+        return frame.reset_index(drop=True)
     return frame.iloc[order].reset_index(drop=True)
 
 

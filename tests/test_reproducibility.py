@@ -19,6 +19,10 @@ equal otherwise):
   (``test_coordinates.summary.json``) and of each booster's fit (the model card's ``report.fit_seconds``, the
   models' manifest).
 
+The compacted feature table (``features/<split>/_compact.arrow``) is compared as an Arrow table (schema and every
+value) and its metadata record without ``shards``: that fingerprint names the shard files' inodes and
+modification times, which belong to one folder by design (a copied folder falls back to its shards).
+
 No artifact holds an absolute path of the work folder, so none is excluded for that reason (the test would see
 it: the two work folders have different paths). The last part checks that the comparison can fail: changing
 one CNN weight by one ulp, or one probability of the submission, is reported.
@@ -31,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from radiospine.checkpoint import load_checkpoint, save_checkpoint
 from radiospine.cli import main
+from radiospine.features.store import COMPACT_METADATA_KEY, COMPACT_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +71,14 @@ def _without_volatile_fields(value: Any) -> Any:
     return value
 
 
+def _compact_table(path: Path) -> tuple[pa.Table, dict]:
+    """A compacted feature table without its schema metadata, and that metadata's record without ``shards``."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    record = json.loads(table.schema.metadata[COMPACT_METADATA_KEY])
+    return table.replace_schema_metadata(None), {key: item for key, item in record.items() if key != "shards"}
+
+
 def artifact_differences(first: Path, second: Path) -> list[str]:
     """What differs between two work folders: files present in one only, and files whose bytes (or, for the
     files in :data:`VOLATILE`, whose JSON without the volatile fields) differ."""
@@ -76,6 +90,12 @@ def artifact_differences(first: Path, second: Path) -> list[str]:
         if name in VOLATILE:
             if _without_volatile_fields(json.loads(a)) != _without_volatile_fields(json.loads(b)):
                 differences.append(f"{name} (beyond its timestamps and timings)")
+        elif Path(name).name == COMPACT_NAME:
+            (table_a, record_a), (table_b, record_b) = _compact_table(first / name), _compact_table(second / name)
+            # pandas' equals: NaN (a failed crop's features) equals NaN, which Arrow's equals does not grant
+            same_values = table_a.schema.equals(table_b.schema) and table_a.to_pandas().equals(table_b.to_pandas())
+            if not (same_values and record_a == record_b):
+                differences.append(f"{name} (beyond its shard fingerprint)")
         elif a != b:
             differences.append(name)
     return differences

@@ -59,7 +59,8 @@ SUPERSEDED_DIR = "_superseded"
 LOCK_NAME = "_lock"
 COMPACT_NAME = "_compact.arrow"
 COMPACT_STUDIES_PER_BATCH = 32  # one record batch per 32 studies: predict's chunks read one or two batches
-_COMPACT_KEY = b"radiospine_compact"
+#: Schema metadata key of the compacted file's record (studies, batches, the shards' fingerprint).
+COMPACT_METADATA_KEY = b"radiospine_compact"
 _CONDITION_ORDER = {condition: i for i, condition in enumerate(vocab.CONDITIONS)}
 _LEVEL_ORDER = {level: i for i, level in enumerate(vocab.LEVELS)}
 
@@ -247,7 +248,7 @@ class FeatureStore:
         try:
             with pa.memory_map(str(self.compact_path)) as source:
                 metadata = pa.ipc.open_file(source).schema.metadata or {}
-            info = json.loads(metadata[_COMPACT_KEY])
+            info = json.loads(metadata[COMPACT_METADATA_KEY])
         except (pa.ArrowInvalid, OSError, KeyError, ValueError) as exc:
             log.warning("%s cannot be used (%s); reading the shards", self.compact_path, exc)
             return None
@@ -279,7 +280,7 @@ class FeatureStore:
         schema = _plain_schema(pq.read_schema(self.shard_path(done[0])))
         batches = [done[i:i + COMPACT_STUDIES_PER_BATCH] for i in range(0, len(done), COMPACT_STUDIES_PER_BATCH)]
         info = {"shards": fingerprint, "studies": done, "batch_first_study": [batch[0] for batch in batches]}
-        schema = schema.with_metadata({_COMPACT_KEY: json.dumps(info).encode()})
+        schema = schema.with_metadata({COMPACT_METADATA_KEY: json.dumps(info).encode()})
         with (artifacts.atomic_path(self.compact_path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
               pa.ipc.new_file(sink, schema) as writer):
             for batch in batches:

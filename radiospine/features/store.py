@@ -32,7 +32,6 @@ import bisect
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from pydantic import BaseModel
 
 from radiospine import artifacts, vocab
 from radiospine.errors import MissingInputError, StoreError
+from radiospine.hashing import sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class FeatureStore:
                 if SHARD_PATTERN.match(entry.name):
                     stat = entry.stat()
                     entries.append(f"{entry.name}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}")
-        return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+        return sha256_hex("\n".join(sorted(entries)))
 
     def _compact_info(self) -> dict[str, Any] | None:
         """The compacted file's own record (studies, batches, fingerprint of the shards it was built from), or
@@ -277,7 +277,8 @@ class FeatureStore:
         if not done:
             return False
         start = time.perf_counter()
-        schema = _plain_schema(pq.read_schema(self.shard_path(done[0])))
+        # without metadata: shards of older runs carry pandas' metadata
+        schema = pq.read_schema(self.shard_path(done[0])).remove_metadata()
         batches = [done[i:i + COMPACT_STUDIES_PER_BATCH] for i in range(0, len(done), COMPACT_STUDIES_PER_BATCH)]
         info = {"shards": fingerprint, "studies": done, "batch_first_study": [batch[0] for batch in batches]}
         schema = schema.with_metadata({COMPACT_METADATA_KEY: json.dumps(info).encode()})
@@ -310,11 +311,6 @@ class FeatureStore:
                 mask = pc.is_in(table["study_id"], value_set=pa.array(study_ids, type=pa.int64()))
                 table = table.filter(mask)
             return table.replace_schema_metadata(None).to_pandas()
-
-
-def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` without metadata (shards of older runs carry pandas' metadata)."""
-    return schema.remove_metadata()
 
 
 def _sorted_shard(table: pa.Table, schema: pa.Schema) -> pa.Table:

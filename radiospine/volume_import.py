@@ -287,7 +287,7 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
             graded_ivd_labels=" ".join(str(v) for v in sorted(graded)), decision=decision,
             levels_bottom_up=" ".join(level_of_ivd_label(v) for v in labels[::-1]),
             rsna_levels_with_points=len(rsna), anomalies="; ".join(anomalies)))
-    _write_outputs(out_dir, split, series_rows, coordinate_rows, disc_tables, checks, grades, write_label_coordinates)
+    _write_outputs(out_dir, split, series_rows, coordinate_rows, disc_tables, checks, grades)
     manifest = dict(
         volumes=str(Path(volumes_dir)), gradings=None if gradings is None else str(gradings), split=split,
         disc_label=disc_label, canal_label=canal_label, min_disc_mm3=min_disc_mm3,
@@ -332,8 +332,9 @@ def draw_disc_points(voxels: np.ndarray, discs: pd.DataFrame, path: str | Path, 
     return path
 
 
-def _write_outputs(out_dir, split, series_rows, coordinate_rows, disc_tables, checks, grades,
-                   write_label_coordinates) -> None:
+def _write_outputs(out_dir: Path, split: str, series_rows: list, coordinate_rows: list,
+                   disc_tables: list[pd.DataFrame], checks: list[dict], grades: pd.DataFrame | None) -> None:
+    """The data folder's tables: series descriptions, labels and coordinates (module docstring), discs, checks."""
     _write_csv(pd.DataFrame(series_rows, columns=["study_id", "series_id", "series_description"]),
                out_dir / f"{split}_series_descriptions.csv")
     coordinates = pd.DataFrame(coordinate_rows, columns=["study_id", "series_id", "instance_number", "condition",

@@ -12,6 +12,7 @@ from models_synthetic import FAILURE_REASON, make_feature_table
 from radiospine import metrics, vocab
 from radiospine.config import ModelsConfig, config_hash, load_config
 from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column, status_column
+from radiospine.models import condition_models
 from radiospine.models.condition_models import (
     MODEL_CARD,
     TrainedModels,
@@ -270,7 +271,7 @@ def test_predicting_a_stored_table_chunk_by_chunk_equals_predicting_it_whole(tra
         read_sizes.append(table["study_id"].nunique())
         return table
 
-    monkeypatch.setattr(store_module, "read_features", recording_read)
+    monkeypatch.setattr(condition_models, "read_features", recording_read)  # the name predict_stored_studies calls
     chunked, filled = trained.predict_stored_studies(store.root, study_ids, prior, chunk_studies=4)
     assert max(read_sizes) <= 4 and len(read_sizes) == -(-len(study_ids) // 4)
     pd.testing.assert_frame_equal(chunked, whole)  # bit for bit

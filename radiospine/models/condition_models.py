@@ -67,6 +67,7 @@ from radiospine.features.columns import (
     parse_column,
     status_column,
 )
+from radiospine.features.store import read_features
 from radiospine.models import cv
 from radiospine.models.calibration import (
     AnySevereAdjuster,
@@ -347,8 +348,6 @@ class TrainedModels:
         Returns ``(predictions, filled)`` as :meth:`predict_studies`, ``filled`` with the feature table's status
         columns of each filled row (empty where the study has no feature row).
         """
-        from radiospine.features.store import read_features
-
         if chunk_studies < 1:
             raise ValueError(f"chunk_studies must be at least 1, got {chunk_studies}")
         study_ids = list(study_ids)

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gbm": ("radiospine.stages.train_gbm",
                   "train the per-condition ordinal GBMs (computes train features first)"),
     "predict": ("radiospine.stages.predict", "localise, describe and grade a split's studies: the submission CSV"),
+    "export-model": ("radiospine.stages.export_model",
+                     "write a trained work folder's models as one portable, checksummed bundle folder"),
     "report": ("radiospine.stages.report",
                "write the self-contained HTML report (SHAP explanations per prediction)"),
     "demo-summary": ("radiospine.stages.demo_summary",

@@ -53,6 +53,11 @@ class CheckpointError(RadiospineError, ValueError):
     """A checkpoint that cannot be used (sidecar missing or unreadable, weights not matching or unreadable)."""
 
 
+class BundleError(RadiospineError, ValueError):
+    """A model bundle that cannot be used: another format or radiospine version, a file missing or changed since
+    ``radiospine export-model`` wrote it."""
+
+
 class StoreError(RadiospineError, ValueError):
     """The feature folder is in a state a run cannot continue from; the message says what to do."""
 

@@ -5,6 +5,10 @@ feature stage (``WORK/features/<split>``) -> the trained models (``WORK/models``
 -> a submission with every row of every study. Rows the models cannot predict (a study with a missing or
 unreadable series, so no ROI and no features for that condition and level) are filled from the training prior;
 the run prints which studies and rows and why, and writes them to ``<out>.filled.csv``.
+
+With ``--model MODEL_DIR`` (a bundle from ``radiospine export-model``) the localiser, the CNN, the models, the prior
+and the config come from the bundle, after its checksums are verified; ``WORK`` then only receives the split's
+coordinates and features.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from radiospine.threads import add_threads_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder in the Kaggle layout")
     parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--work", required=True, help="work folder with WORK/localizer and WORK/models")
+    parser.add_argument("--work", required=True, help="work folder with WORK/localizer and WORK/models (with --model: "
+                        "where the split's coordinates and features go)")
+    parser.add_argument("--model", default=None, metavar="MODEL_DIR",
+                        help="a model bundle (radiospine export-model) instead of WORK's trained models")
     parser.add_argument("--out", required=True, help="the submission CSV to write")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
     parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
@@ -37,23 +44,30 @@ def run(args: argparse.Namespace) -> int:
     from radiospine import artifacts
     from radiospine.features.columns import is_status_column
     from radiospine.features.stage import run_features_stage
+    from radiospine.models.bundle import bundle_config, open_bundle
     from radiospine.models.condition_models import TrainedModels
     from radiospine.roi.localizer.stage import localize
     from radiospine.submission import build_submission, study_ids_of_split, write_submission
     from radiospine.workspace import Workspace
 
-    config = config_from_arguments(args)
     data, workspace, out = Path(args.data), Workspace(args.work), Path(args.out)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    models = TrainedModels.load(workspace.models_dir)
-    prior = pd.read_csv(workspace.prior)
+    if args.model is not None:
+        bundle = open_bundle(args.model)
+        config = bundle_config(bundle, args)
+        models_dir, prior_path, localizer_dir = bundle.models_dir, bundle.prior, bundle.localizer_dir
+    else:
+        config = config_from_arguments(args)
+        models_dir, prior_path, localizer_dir = workspace.models_dir, workspace.prior, workspace.localizer_dir
+    models = TrainedModels.load(models_dir)
+    prior = pd.read_csv(prior_path)
     study_ids = study_ids_of_split(data, args.split)
     timings["load"] = time.perf_counter() - started
 
     step = time.perf_counter()
     localized = localize(data, args.split, workspace.root, config.roi, device=config.localizer.device,
-                         threads=args.threads)
+                         threads=args.threads, localizer_dir=localizer_dir)
     timings["localize"] = time.perf_counter() - step
 
     step = time.perf_counter()

@@ -96,17 +96,18 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
 
 def localize(data_dir: str | Path, split: str, work_dir: str | Path, roi_config: RoiConfig, *,
              out: str | Path | None = None, device: str = "auto", truth: str | Path | None = None,
-             threads: int = 1) -> dict:
+             threads: int = 1, localizer_dir: str | Path | None = None) -> dict:
     """Localise every study of a split with the trained localiser and write its coordinates.
 
     Writes ``out`` (default ``WORK/localizer/{split}_coordinates.csv``) in the ``train_label_coordinates.csv``
     layout, ``<out stem>.provenance.csv`` (every one of the 25 points per study: predicted, fallback or missing,
     and how), and ``<out stem>.summary.json``; with ``truth`` (a coordinates file of the same studies) also
     ``<out stem>.evaluation.csv`` and the evaluation summary in the JSON. ``threads``: torch's compute threads
-    on the CPU (:mod:`radiospine.threads`).
+    on the CPU (:mod:`radiospine.threads`). ``localizer_dir``: where the trained localiser is (default
+    ``WORK/localizer``; a model bundle's ``localizer/``); the coordinates still go to the work folder.
     """
     workspace = Workspace(work_dir)
-    localizer = load_localizer(workspace.localizer_dir, device)
+    localizer = load_localizer(workspace.localizer_dir if localizer_dir is None else localizer_dir, device)
     catalog = scan(data_dir, split)
     out = Path(out) if out is not None else workspace.coordinates(split)
     started = time.perf_counter()

@@ -30,6 +30,7 @@ from radiospine.csvio import read_csv_cells
 from radiospine.errors import CatalogError, DicomReadError
 from radiospine.geometry import slice_step_vector, unit
 from radiospine.hashing import short_hash
+from radiospine.io.stacks import SeriesStack
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ SPLITS: tuple[str, ...] = ("train", "test")
 SERIES_COLUMNS = ["study_id", "series_id", "series_description", "description_inferred", "n_instances", "on_disk",
                   "path"]
 INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number", "path"]
+
+#: A sagittal series without T1/T2 in its description is T1 below this repetition time (ms), else T2.
+T1_MAX_REPETITION_MS = 1200.0
 
 _INTEGER_ID = re.compile(r"^[0-9]{1,18}$")
 
@@ -93,13 +97,21 @@ def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
     except DicomReadError as exc:
         log.warning("cannot infer the type of %s: %s", series_path, exc)
         return ""
-    if not stacks:
-        return ""
-    stack = stacks[0]
+    return series_type(stacks[0]) if stacks else ""
+
+
+def slice_axis(stack: SeriesStack) -> int:
+    """The patient axis a stack's slices step along: 0 x (sagittal), 1 y (coronal), 2 z (axial)."""
+    return int(np.argmax(np.abs(unit(slice_step_vector(stack.affine)))))
+
+
+def series_type(stack: SeriesStack) -> str:
+    """A stack's series type from its headers: the SeriesDescription when it names a known type, else the
+    orientation (axial: ``Axial T2``; sagittal: ``t1``/``t2``/``stir`` in the description, then the repetition
+    time: under 1200 ms T1, else T2); ``""`` when none applies (coronal, a sagittal series without either)."""
     if stack.description in vocab.SERIES_DESCRIPTIONS:
         return stack.description
-    slice_direction = np.abs(unit(slice_step_vector(stack.affine)))
-    axis = int(np.argmax(slice_direction))  # 0: x (sagittal), 1: y (coronal), 2: z (axial)
+    axis = slice_axis(stack)
     if axis == 2:
         return vocab.AXIAL_T2
     if axis == 0:
@@ -110,7 +122,7 @@ def infer_description(series_path: Path, study_id: int, series_id: int) -> str:
             return vocab.SAGITTAL_T2
         tr = stack.repetition_time_ms
         if tr is not None:
-            return vocab.SAGITTAL_T1 if tr < 1200 else vocab.SAGITTAL_T2
+            return vocab.SAGITTAL_T1 if tr < T1_MAX_REPETITION_MS else vocab.SAGITTAL_T2
     return ""
 
 

@@ -62,7 +62,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Explicit-VR value representations whose element header has a 4-byte length after 2 reserved bytes.
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 #: What pydicom raises on a damaged header, while reading it or when a value is first converted.
-_DAMAGED_HEADER_ERRORS = (
+DAMAGED_HEADER_ERRORS = (
     OSError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
     struct.error, BytesLengthException,
 )
@@ -210,7 +210,7 @@ def _read_file_header(path: Path) -> _FileHeader:
             f"{path}: its deflated dataset cannot be inflated (zlib: {one_line(exc)}); the file is truncated or "
             f"damaged: {FIX_DAMAGED}"
         ) from exc
-    except _DAMAGED_HEADER_ERRORS as exc:
+    except DAMAGED_HEADER_ERRORS as exc:
         raise DicomReadError(
             f"{path}: the DICOM header cannot be parsed ({type(exc).__name__}: {one_line(exc)}); the file is damaged: "
             f"{FIX_DAMAGED}"

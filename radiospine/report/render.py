@@ -53,6 +53,7 @@ PAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "condition": ("model", "importance", "beeswarm", "dependence", "families", "top-features"),
     "studies": ("studies",),
     "study": ("series", "predictions", "rows"),
+    "grade": ("export", "studies", "skipped"),
 }
 TOP_IMPORTANCE = 20
 TOP_BEESWARM = 15
@@ -75,6 +76,7 @@ class _Row:
     probabilities: tuple[float, float, float]
     predicted: str
     truth: str | None
+    finding: str
     sentence: str
     waterfall: summaries.Waterfall | None
 
@@ -109,6 +111,41 @@ def render_report(inputs: ReportInputs, out_dir: str | Path, *, jobs: int = 1) -
             **common, root="../", sections=PAGE_SECTIONS["condition"], **_condition_context(explanation)))
     _remove_stale(out_dir / "conditions", {f"{group}.html" for group in groups}, lambda name: name.endswith(".html"))
 
+    n_pages = _render_studies(inputs, out_dir, common, jobs)
+    logger.info("report written to %s: %d condition pages, %d study pages", out_dir, len(groups), n_pages)
+    return out_dir / "index.html"
+
+
+def render_study_pages(inputs: ReportInputs, out_dir: str | Path, *, jobs: int = 1) -> Path:
+    """Only the study pages of the report: ``studies/index.html`` and ``studies/<study_id>.html`` in ``out_dir``
+    (``radiospine grade``, whose own ``index.html`` summarises the export). ``inputs``' labels, out-of-fold
+    predictions and CV scores are not shown (they may be empty). Returns the path of ``studies/index.html``."""
+    out_dir = Path(out_dir)
+    common = {"title": inputs.title, "groups": [],
+              "written_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    _render_studies(inputs, out_dir, common, jobs)
+    return out_dir / "studies" / "index.html"
+
+
+def render_grade_summary(out_dir: str | Path, *, title: str, facts: Sequence[tuple[str, Any]],
+                         studies: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]]) -> Path:
+    """``out_dir/index.html`` of ``radiospine grade``: the export's facts, per study its series (type, whether
+    used, and why), its findings, links to its page and files, and every file not used with the reason.
+
+    ``studies``: per study ``study_id``, ``study_date``, ``study_description``, ``page`` (a study page exists),
+    ``series`` (rows of :data:`radiospine.exports.SERIES_COLUMNS`), ``missing_views`` and ``findings`` (``finding``,
+    the three probabilities, ``source``, ``reason``). ``skipped``: ``study_id``, ``kind``, ``path``, ``reason``.
+    """
+    out_dir = Path(out_dir)
+    html = _template("grade.html").render(
+        title=title, groups=[], root="", written_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        sections=PAGE_SECTIONS["grade"], facts=list(facts), studies=list(studies), skipped=list(skipped))
+    _write(out_dir / "index.html", html)
+    return out_dir / "index.html"
+
+
+def _render_studies(inputs: ReportInputs, out_dir: Path, common: Mapping[str, Any], jobs: int) -> int:
+    """Write ``studies/index.html`` and one page per study; returns the number of study pages."""
     study_pages = _study_pages(inputs)
     _write(out_dir / "studies" / "index.html", _template("studies.html").render(
         **common, root="../", sections=PAGE_SECTIONS["studies"], studies=_studies_index(inputs)))
@@ -120,8 +157,7 @@ def render_report(inputs: ReportInputs, out_dir: str | Path, *, jobs: int = 1) -
         _write_study_pages(study_pages, inputs.thumbnails, out_dir, common)
     _remove_stale(out_dir / "studies", {f"{page.study_id}.html" for page in study_pages},
                   lambda name: bool(_STUDY_PAGE.match(name)))
-    logger.info("report written to %s: %d condition pages, %d study pages", out_dir, len(groups), len(study_pages))
-    return out_dir / "index.html"
+    return len(study_pages)
 
 
 # --- templates and files ----------------------------------------------------------------------------------------
@@ -342,6 +378,7 @@ def _study_pages(inputs: ReportInputs) -> list[_StudyPage]:
                     probabilities=tuple(float(p) for p in probabilities),
                     predicted=vocab.SEVERITY_LABELS[int(np.argmax(probabilities))],
                     truth=vocab.SEVERITY_LABELS[truth[key]] if key in truth else None,
+                    finding=summaries.finding_line(condition, level, probabilities),
                     sentence=summaries.plain_language(condition, level, probabilities, contribution),
                     waterfall=chart,
                 ))

@@ -168,6 +168,16 @@ def waterfall(explanation: ConditionExplanation, row: int, output: ShapOutput, t
     return Waterfall(output.name, output.towards, base, margin, tuple(steps), low, high)
 
 
+def finding_line(condition: str, level: str, probabilities: np.ndarray) -> str:
+    """The most probable grade of one prediction in words, e.g. ``"L4/L5: moderate spinal canal stenosis (p = 0.62)"``.
+
+    ``probabilities``: ``(3,)`` in :data:`radiospine.vocab.SEVERITIES` order.
+    """
+    best = int(np.argmax(probabilities))
+    return (f"{vocab.level_to_human(level)}: {vocab.SEVERITY_LABELS[best].lower()} "
+            f"{vocab.condition_to_human(condition).lower()} (p = {float(probabilities[best]):.2f})")
+
+
 def plain_language(condition: str, level: str, probabilities: np.ndarray,
                    contribution: tuple[ConditionExplanation, int, ShapOutput] | None) -> str:
     """One line about one prediction, for instance ``"L4/L5 spinal canal stenosis: Moderate 0.62, Severe 0.21;

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from functools import lru_cache
 from pathlib import Path
 
 from radiospine.catalog import SPLITS
@@ -27,52 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-class CropThumbnails:
-    """``(study_id, condition, level) -> [Thumbnail]``: ROI crops cut on demand, one study kept in memory."""
-
-    def __init__(self, data_dir: Path, split: str, work_dir: Path, config) -> None:
-        from radiospine.roi.centres import roi_centres
-
-        self.data_dir, self.split, self.roi = data_dir, split, config.roi
-        self.coords = roi_centres(data_dir, split, work_dir, config.roi)
-        self._study = lru_cache(maxsize=1)(self._crops_of_study)
-
-    def _crops_of_study(self, study_id: int) -> dict[tuple[str, str], list]:
-        from radiospine.roi.cut import crops_for_study
-
-        crops = crops_for_study(self.data_dir, self.split, study_id, self.coords, self.roi, failures=[])
-        by_key: dict[tuple[str, str], list] = {}
-        for crop in crops:
-            by_key.setdefault((crop.roi.condition, crop.roi.level), []).append(crop)
-        return by_key
-
-    def __call__(self, study_id: int, condition: str, level: str) -> list:
-        from radiospine.report.inputs import Thumbnail
-
-        return [Thumbnail.from_crop(crop) for crop in self._study(int(study_id)).get((condition, level), [])]
-
-
-def _explanations(models, features) -> dict:
-    """Exact TreeSHAP of each group's first member on the split's rows."""
-    from radiospine import vocab
-    from radiospine.report.inputs import ConditionExplanation
-
-    normal_mild, moderate, severe = vocab.SEVERITY_LABELS
-    explanations = {}
-    for group_model, rows, X in models.design_matrices(features):
-        name, estimator = next(iter(group_model.members.items()))
-        formulation = name.rsplit("_", 1)[-1]
-        if formulation == "ordinal":
-            outputs = [(f"{name}: log-odds of P(> {normal_mild})", f"{moderate} or {severe}"),
-                       (f"{name}: log-odds of P(> {moderate})", severe)]
-        else:
-            outputs = [(f"{name}: margin of {label}", label) for label in vocab.SEVERITY_LABELS]
-        keys = features.loc[rows, list(vocab.KEY_COLUMNS)].reset_index(drop=True)
-        explanations[group_model.group.name] = ConditionExplanation.from_contributions(
-            group_model.group.name, name, list(X.columns), X, keys, estimator.shap_values(X), outputs)
-    return explanations
-
-
 def run(args: argparse.Namespace) -> int:
     import time
 
@@ -85,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.models.condition_models import MODEL_CARD, TrainedModels
     from radiospine.report.inputs import ReportInputs
     from radiospine.report.render import render_report
+    from radiospine.report.sources import CropThumbnails, shap_explanations
+    from radiospine.roi.centres import roi_centres
     from radiospine.workspace import Workspace
 
     started = time.perf_counter()
@@ -105,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         oof_predictions=models.oof_predictions,
         cv_scores=cv_scores,
         predictions=predictions,
-        explanations=_explanations(models, features),
-        thumbnails=None if args.no_thumbnails else CropThumbnails(data, args.split, workspace.root, config),
+        explanations=shap_explanations(models, features),
+        thumbnails=None if args.no_thumbnails else CropThumbnails(
+            data, args.split, roi_centres(data, args.split, workspace.root, config.roi), config.roi),
         model_card=card,
         provenance={"versions": artifacts.library_versions(), "models_config_hash": card.get("config_hash"),
                     "models_trained_at": manifest.get("written_at"),

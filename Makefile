@@ -15,12 +15,16 @@ RS := $(VENV)/bin/radiospine
 RUN_ARGS = --config $(CONFIG)
 SUBMISSION ?= $(WORK)/submission.csv
 REPORT ?= reports/demo
+# The model bundle (export-model) and a PACS/CD export to grade with it (grade).
+MODEL ?= $(WORK)/model
+EXPORT ?= $(DATA)/test_images
+GRADED ?= reports/graded
 
 .PHONY: install test lint demo synth train-localizer features train-gbm predict score report report-check chromium \
-	bench clean help
+	export-model grade bench clean help
 
 help:
-	@echo "make demo | test | install | synth | train-localizer | features | train-gbm | predict | score | report | bench | clean"
+	@echo "make demo | test | install | synth | train-localizer | features | train-gbm | predict | score | report | export-model | grade | bench | clean"
 	@echo "DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) JOBS=$(JOBS)"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -70,6 +74,13 @@ score: $(STAMP)
 
 report: $(STAMP)
 	$(RS) report --data $(DATA) --work $(WORK) --out $(REPORT) $(RUN_ARGS)
+
+# The trained work folder as one checksummed bundle, and an export (any folder of DICOM files) graded with it.
+export-model: $(STAMP)
+	$(RS) export-model --work $(WORK) --out $(MODEL) --overwrite $(RUN_ARGS)
+
+grade: $(STAMP)
+	$(RS) grade $(EXPORT) --model $(MODEL) --out $(GRADED) --overwrite --jobs $(JOBS)
 
 # The whole pipeline on a small synthetic set: synth -> localiser -> features -> GBMs -> submission -> score -> report.
 demo: CONFIG = configs/demo.yaml

@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("radiospine.stages.predict", "localise, describe and grade a split's studies: the submission CSV"),
     "export-model": ("radiospine.stages.export_model",
                      "write a trained work folder's models as one portable, checksummed bundle folder"),
+    "grade": ("radiospine.stages.grade",
+              "grade every study of a PACS/CD export (any folder of DICOM files) with a model bundle"),
     "report": ("radiospine.stages.report",
                "write the self-contained HTML report (SHAP explanations per prediction)"),
     "demo-summary": ("radiospine.stages.demo_summary",

@@ -17,7 +17,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in
     "geometry",
     "config artifacts device checkpoint",
     "io",
-    "catalog labels metrics submission",
+    "catalog labels metrics submission exports",
     "roi",
     "features",
     "models",

@@ -53,8 +53,9 @@ PAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "condition": ("model", "importance", "beeswarm", "dependence", "families", "top-features"),
     "studies": ("studies",),
     "study": ("series", "predictions", "rows"),
-    "grade": ("export", "studies", "skipped"),
 }
+#: The sections of ``radiospine grade``'s summary page (:func:`render_grade_summary`), by ``id``.
+GRADE_SECTIONS: tuple[str, ...] = ("export", "studies", "skipped")
 TOP_IMPORTANCE = 20
 TOP_BEESWARM = 15
 TOP_DEPENDENCE = 6
@@ -139,7 +140,7 @@ def render_grade_summary(out_dir: str | Path, *, title: str, facts: Sequence[tup
     out_dir = Path(out_dir)
     html = _template("grade.html").render(
         title=title, groups=[], root="", written_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        sections=PAGE_SECTIONS["grade"], facts=list(facts), studies=list(studies), skipped=list(skipped))
+        sections=GRADE_SECTIONS, facts=list(facts), studies=list(studies), skipped=list(skipped))
     _write(out_dir / "index.html", html)
     return out_dir / "index.html"
 

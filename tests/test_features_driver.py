@@ -204,7 +204,9 @@ def _start(script: Path, root: Path, jobs: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_when(process: subprocess.Popen, ready, timeout: float = 90.0) -> None:
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 600.0) -> None:
+    """Kill ``process`` (and its workers) once ``ready()``; a run still short of it after ``timeout`` s fails the test
+    (generous: on a shared, loaded machine the killable run needs minutes to start, 90 s was not enough at load 20)."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read()[-2000:]}"

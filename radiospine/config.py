@@ -26,6 +26,7 @@ from pydantic import (
 
 from radiospine.errors import ConfigError
 from radiospine.hashing import json_hash
+from radiospine.task import DEFAULT_TASK, TASKS
 from radiospine.vocab import VIEWS, View
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
@@ -245,11 +246,19 @@ class FeaturesConfig(Section):
 class RadiospineConfig(Section):
     """The root of ``configs/default.yaml``."""
 
+    task: str = DEFAULT_TASK
     synth: SynthConfig = SynthConfig()
     roi: RoiConfig = RoiConfig()
     localizer: LocalizerConfig = LocalizerConfig()
     models: ModelsConfig = ModelsConfig()
     features: FeaturesConfig = FeaturesConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; expected one of {', '.join(TASKS)} (radiospine/task.py)")
+        return value
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

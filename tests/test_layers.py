@@ -13,7 +13,7 @@ import radiospine
 
 #: Lowest first; the same order as docs/design.md section 2.
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
-    "__version__ vocab errors hashing workspace threads csvio",
+    "__version__ vocab errors hashing workspace threads csvio task",
     "geometry",
     "config artifacts device checkpoint",
     "io",

@@ -30,7 +30,7 @@ study (a small fold), sklearn's binary ``log_loss`` raises; here the part is com
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,6 +45,7 @@ from radiospine.submission import (
     normalise_probabilities,
     probability_problems,
 )
+from radiospine.task import Target, Task
 
 #: sklearn's ``log_loss`` clips float64 probabilities to ``[CLIP_EPSILON, 1 - CLIP_EPSILON]``: the machine
 #: epsilon of float64 (its ``eps="auto"``, the default from scikit-learn 1.2; 1e-15 before).
@@ -244,16 +245,27 @@ def weighted_prior(train_labels: pd.DataFrame, pseudo_count: float = 0.0) -> pd.
         [vocab.target_column(c, lv) for c, lv in zip(labelled["condition"], labelled["level"])])
     counts = np.zeros((len(vocab.TARGET_COLUMNS), len(vocab.SEVERITIES)), dtype=np.float64)
     np.add.at(counts, (column_index, labelled["severity"].to_numpy(dtype=np.int64)), 1.0)
-    weighted = (counts + pseudo_count) * _ROW_WEIGHTS
-    totals = weighted.sum(axis=1)
-    if (totals <= 0).any():
-        empty = [column for column, total in zip(vocab.TARGET_COLUMNS, totals) if total <= 0]
-        raise DataError(f"no labelled row for target column(s) {summarize_items(empty)}; "
-                        f"pass pseudo_count > 0 to give them a prior")
-    prior = pd.DataFrame(weighted / totals[:, None], columns=list(vocab.SEVERITIES))
+    prior = pd.DataFrame(_prior_from_counts(counts, _ROW_WEIGHTS, pseudo_count, vocab.TARGET_COLUMNS),
+                         columns=list(vocab.SEVERITIES))
     prior.insert(0, "level", [vocab.split_target_column(column)[1] for column in vocab.TARGET_COLUMNS])
     prior.insert(0, "condition", [vocab.split_target_column(column)[0] for column in vocab.TARGET_COLUMNS])
     return prior
+
+
+def _prior_from_counts(counts: np.ndarray, weights: np.ndarray, pseudo_count: float, names: Iterable[str]
+                       ) -> np.ndarray:
+    """``(n, K)`` class counts -> ``(n, K)`` priors ``w_k (n_k + pseudo_count) / sum_j w_j (n_j + pseudo_count)``.
+
+    The constant that minimises the weighted log loss of each row's labels; ``names`` (n,) name the rows in the
+    error raised when one has no count and ``pseudo_count`` is 0.
+    """
+    weighted = (counts + pseudo_count) * weights
+    totals = weighted.sum(axis=1)
+    if (totals <= 0).any():
+        empty = [name for name, total in zip(names, totals) if total <= 0]
+        raise DataError(f"no labelled row for target column(s) {summarize_items(empty)}; "
+                        f"pass pseudo_count > 0 to give them a prior")
+    return weighted / totals[:, None]
 
 
 def weighted_prior_predictions(train_labels: pd.DataFrame, study_ids: Iterable[object],
@@ -268,3 +280,137 @@ def weighted_prior_predictions(train_labels: pd.DataFrame, study_ids: Iterable[o
     grid = target_grid(study_ids)
     values = np.tile(prior[list(vocab.SEVERITIES)].to_numpy(), (len(grid) // len(prior), 1))
     return pd.concat([grid, pd.DataFrame(values, columns=list(vocab.SEVERITIES))], axis=1)
+
+
+# --- per-target metrics (tasks other than rsna2024, radiospine.task) ------------------------------------------
+
+#: The figures :func:`target_metrics` reports, in order (``qwk`` for ordinal targets, ``auc`` for binary ones).
+TARGET_METRIC_NAMES: tuple[str, ...] = ("weighted_log_loss", "qwk", "auc", "accuracy")
+
+
+def level_prior(levels: np.ndarray, grades: np.ndarray, target: Target, level_names: Sequence[str],
+                pseudo_count: float = 1.0) -> np.ndarray:
+    """The level-only prior of one target: per level, the grade frequencies reweighted by the target's weights.
+
+    ``p_k = w_k (n_k + pseudo_count) / sum_j w_j (n_j + pseudo_count)`` (the RSNA task's :func:`weighted_prior`,
+    per level), the constant per level that minimises the weighted log loss on the rows it is fitted on.
+
+    Args:
+        levels: ``(n,)`` level name of each labelled row; grades: ``(n,)`` grade index ``0 .. K-1``.
+        target: its ``weights`` and ``n_grades`` K.
+        level_names: the levels to return, in order.
+
+    Returns:
+        ``(len(level_names), K)`` probabilities, rows summing to 1.
+    """
+    if not pseudo_count >= 0:
+        raise ValueError(f"pseudo_count must be >= 0, got {pseudo_count}")
+    row = pd.Index(list(level_names)).get_indexer(np.asarray(levels))
+    if (row < 0).any():
+        raise ValueError(f"unknown level(s) {sorted(set(np.asarray(levels)[row < 0].tolist()))}")
+    counts = np.zeros((len(level_names), target.n_grades))
+    np.add.at(counts, (row, np.asarray(grades, dtype=np.int64)), 1.0)
+    return _prior_from_counts(counts, np.asarray(target.weights, dtype=np.float64), pseudo_count,
+                              [f"{target.name}_{level}" for level in level_names])
+
+
+def quadratic_weighted_kappa(true_grade: np.ndarray, predicted_grade: np.ndarray, n_grades: int) -> float:
+    """Cohen's kappa with quadratic weights over grades ``0 .. n_grades-1`` (``sklearn.metrics.cohen_kappa_score``);
+    0 when it is undefined (every row and prediction the same grade)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    true_grade, predicted_grade = np.asarray(true_grade, np.int64), np.asarray(predicted_grade, np.int64)
+    if len(np.unique(np.concatenate([true_grade, predicted_grade]))) < 2:
+        return 0.0
+    return float(cohen_kappa_score(true_grade, predicted_grade, weights="quadratic", labels=list(range(n_grades))))
+
+
+def target_metrics(grades: np.ndarray, probabilities: np.ndarray, target: Target) -> dict[str, float]:
+    """One target's figures on labelled rows: weighted log loss, QWK (ordinal) or ROC AUC (binary), accuracy.
+
+    Args:
+        grades: ``(n,)`` true grade indices ``0 .. K-1``.
+        probabilities: ``(n, K)`` predicted probabilities (rows summing to 1; clipped and renormalised as
+            :func:`sklearn_log_loss` does).
+        target: its scale, ``n_grades`` and the row weight per true grade.
+
+    Returns:
+        ``weighted_log_loss`` (``sum(w * -ln p_true) / sum(w)``, ``w`` = ``target.weights[true grade]``),
+        ``qwk`` (:func:`quadratic_weighted_kappa` of the most probable grade; NaN for a binary target), ``auc``
+        (``sklearn.metrics.roc_auc_score`` of ``p[:, 1]``; NaN for an ordinal target or when only one grade
+        occurs), ``accuracy`` (share of rows whose most probable grade is the true one).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    grades = np.asarray(grades, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape != (len(grades), target.n_grades):
+        raise ValueError(f"{target.name}: probabilities of shape {probabilities.shape}, expected "
+                         f"({len(grades)}, {target.n_grades})")
+    if len(grades) == 0 or grades.min() < 0 or grades.max() >= target.n_grades:
+        raise ValueError(f"{target.name}: grades must be 0..{target.n_grades - 1}, got {sorted(set(grades))}")
+    weights = np.asarray(target.weights, dtype=np.float64)[grades]
+    predicted = np.argmax(probabilities, axis=1)
+    binary = target.scale == "binary"
+    return {
+        "weighted_log_loss": sklearn_log_loss(probabilities, grades, weights),
+        "qwk": float("nan") if binary else quadratic_weighted_kappa(grades, predicted, target.n_grades),
+        "auc": (float(roc_auc_score(grades, probabilities[:, 1])) if binary and len(np.unique(grades)) == 2
+                else float("nan")),
+        "accuracy": float(np.mean(predicted == grades)),
+    }
+
+
+def score_targets(labels: pd.DataFrame, predictions: pd.DataFrame, task: Task,
+                  baseline: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every target's :func:`target_metrics` on its labelled rows, beside a baseline's (the level-only prior).
+
+    Args:
+        labels: long task labels (:func:`radiospine.labels.load_task_labels`); rows with ``<NA>`` grade are not
+            scored.
+        predictions: long predictions: ``study_id, target, level`` and ``task.probability_columns``, covering
+            every labelled row.
+        task: the task (its targets' scales, grades and weights).
+        baseline: predictions of the same layout to report beside (e.g. the out-of-fold level-only prior);
+            ``None``: the level-only prior fitted on ``labels`` themselves (:func:`level_prior`, pseudo count
+            1), a baseline that has seen the answers.
+
+    Returns:
+        One row per target with labelled rows, in task order: ``target, scale, n``, each figure of
+        :data:`TARGET_METRIC_NAMES` and its ``prior_`` twin, and ``log_loss_reduction``
+        (``1 - weighted_log_loss / prior_weighted_log_loss``).
+
+    Raises:
+        SubmissionError: a labelled row without a prediction, or a prediction with NaN, negative or infinite
+            values in its target's columns (naming the rows).
+    """
+    key = ["study_id", "target", "level"]
+    scored = labels[labels["grade"].notna()]
+    rows = []
+    for target in task.targets:
+        mine = scored[scored["target"] == target.name]
+        if mine.empty:
+            continue
+        columns = list(task.probability_columns[:target.n_grades])
+        probabilities = {}
+        for name, frame in (("model", predictions), ("prior", baseline)):
+            if frame is None:
+                prior = level_prior(mine["level"].to_numpy(), mine["grade"].to_numpy(np.int64), target, task.levels)
+                probabilities[name] = prior[pd.Index(task.levels).get_indexer(mine["level"])]
+                continue
+            merged = mine[key].merge(frame[frame["target"] == target.name][[*key, *columns]], on=key, how="left",
+                                     validate="one_to_one")
+            values = merged[columns].to_numpy(dtype=np.float64)
+            names = [f"{r.study_id}_{r.target}_{r.level}" for r in merged[key].itertuples(index=False)]
+            problems = [n for n, row in zip(names, values) if not np.all(np.isfinite(row)) or (row < 0).any()]
+            if problems:
+                raise SubmissionError([f"{len(problems)} labelled row(s) without finite, non-negative "
+                                       f"{target.name} probabilities: {summarize_items(problems)}"],
+                                      source=f"{name} predictions")
+            probabilities[name] = values
+        grades = mine["grade"].to_numpy(np.int64)
+        model, prior = (target_metrics(grades, probabilities[name], target) for name in ("model", "prior"))
+        rows.append({"target": target.name, "scale": target.scale, "n": len(mine), **model,
+                     **{f"prior_{metric}": value for metric, value in prior.items()},
+                     "log_loss_reduction": 1.0 - model["weighted_log_loss"] / prior["weighted_log_loss"]})
+    return pd.DataFrame(rows)

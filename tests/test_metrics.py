@@ -454,3 +454,86 @@ def test_reweighted_prior_beats_plain_frequency_on_its_own_labels():
     better, worse = score(labels, reweighted), score(labels, frequency)
     for part in ("spinal", "foraminal", "subarticular"):
         assert getattr(better, part) < getattr(worse, part)
+
+
+# --- per-target metrics (radiospine.task) ---------------------------------------------------------------------
+
+def test_quadratic_weighted_kappa_by_hand_and_as_sklearn():
+    from sklearn.metrics import cohen_kappa_score
+
+    from radiospine.metrics import quadratic_weighted_kappa
+
+    true, predicted = np.array([0, 1, 2, 3, 4]), np.array([0, 2, 2, 3, 3])
+    # observed: (1,2) and (4,3) off by one, weight 1/16 each -> 2/16; expected: sum_ij t_i p_j (i-j)^2 / (5 * 16)
+    # with t = (1,1,1,1,1), p = (1,0,2,2,0): (30 + 2 * 10 + 2 * 15) / 80 = 1 -> kappa = 1 - 0.125 / 1
+    assert quadratic_weighted_kappa(true, predicted, 5) == pytest.approx(0.875)
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    assert quadratic_weighted_kappa(true, predicted, 5) == pytest.approx(
+        cohen_kappa_score(true, predicted, weights="quadratic"))
+    assert quadratic_weighted_kappa(true, true, 5) == pytest.approx(1.0)
+    assert quadratic_weighted_kappa(np.zeros(4), np.zeros(4), 5) == 0.0  # undefined: one grade everywhere
+
+
+def test_target_metrics_binary_by_hand():
+    from radiospine.metrics import target_metrics
+    from radiospine.task import SPIDER
+
+    p1 = np.array([0.2, 0.8, 0.4, 0.6])
+    figures = target_metrics(np.array([0, 1, 1, 0]), np.column_stack([1 - p1, p1]),
+                             SPIDER.target("disc_bulging"))
+    assert figures["weighted_log_loss"] == pytest.approx(-(2 * math.log(0.8) + 2 * math.log(0.4)) / 4)
+    assert figures["auc"] == pytest.approx(0.75)  # 3 of the 4 (positive, negative) pairs ranked right
+    assert figures["accuracy"] == pytest.approx(0.5) and math.isnan(figures["qwk"])
+
+
+def test_target_metrics_ordinal_weights_the_true_grade():
+    from radiospine.metrics import target_metrics
+    from radiospine.task import RSNA2024
+
+    proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6]])
+    figures = target_metrics(np.array([0, 1, 2]), proba, RSNA2024.target(SPINAL))
+    expected = -(1 * math.log(0.7) + 2 * math.log(0.5) + 4 * math.log(0.6)) / 7
+    assert figures["weighted_log_loss"] == pytest.approx(expected)
+    assert figures["qwk"] == pytest.approx(1.0) and figures["accuracy"] == 1.0 and math.isnan(figures["auc"])
+    with pytest.raises(ValueError, match="probabilities of shape"):
+        target_metrics(np.array([0, 1]), proba, RSNA2024.target(SPINAL))
+
+
+def test_level_prior_by_hand():
+    from radiospine.metrics import level_prior
+    from radiospine.task import RSNA2024, SPIDER
+
+    prior = level_prior(np.array(["l1_l2"] * 3 + ["l2_l3"]), np.array([0, 0, 1, 1]),
+                        SPIDER.target("disc_narrowing"), ["l1_l2", "l2_l3"], pseudo_count=1.0)
+    np.testing.assert_allclose(prior, [[3 / 5, 2 / 5], [1 / 3, 2 / 3]])
+    weighted = level_prior(np.array(["l1_l2"] * 2), np.array([0, 2]), RSNA2024.target(SPINAL), ["l1_l2"],
+                           pseudo_count=0.0)
+    np.testing.assert_allclose(weighted, [[1 / 5, 0.0, 4 / 5]])  # counts (1, 0, 1) x weights (1, 2, 4)
+    with pytest.raises(ValueError, match="disc_narrowing_l2_l3"):
+        level_prior(np.array(["l1_l2"]), np.array([0]), SPIDER.target("disc_narrowing"), ["l1_l2", "l2_l3"],
+                    pseudo_count=0.0)
+
+
+def test_score_targets_against_the_in_sample_prior():
+    from radiospine.metrics import score_targets
+    from radiospine.task import SPIDER
+
+    labels = pd.DataFrame({"study_id": [1, 1, 2, 2, 3], "target": ["disc_bulging"] * 4 + ["pfirrmann_grade"],
+                           "level": ["l1_l2", "l2_l3", "l1_l2", "l2_l3", "l1_l2"],
+                           "grade": pd.array([0, 1, 1, pd.NA, 3], dtype="Int8")})
+    predictions = labels[["study_id", "target", "level"]].assign(
+        p0=[0.9, 0.1, 0.2, 0.5, 0.1], p1=[0.1, 0.9, 0.8, 0.5, 0.1], p2=[np.nan] * 4 + [0.1],
+        p3=[np.nan] * 4 + [0.6], p4=[np.nan] * 4 + [0.1])
+    table = score_targets(labels, predictions, SPIDER).set_index("target")
+    assert table.index.tolist() == ["pfirrmann_grade", "disc_bulging"]  # task order, labelled targets only
+    bulging = table.loc["disc_bulging"]
+    assert bulging["n"] == 3 and bulging["auc"] == 1.0 and bulging["accuracy"] == 1.0
+    assert bulging["weighted_log_loss"] == pytest.approx(-(math.log(0.9) * 2 + math.log(0.8)) / 3)
+    # in-sample prior with pseudo count 1: l1_l2 has grades (0, 1) -> (1/2, 1/2); l2_l3 grade 1 -> (1/3, 2/3)
+    assert bulging["prior_weighted_log_loss"] == pytest.approx(-(2 * math.log(0.5) + math.log(2 / 3)) / 3)
+    assert bulging["log_loss_reduction"] == pytest.approx(
+        1 - bulging["weighted_log_loss"] / bulging["prior_weighted_log_loss"])
+    assert table.loc["pfirrmann_grade", "qwk"] == 0.0  # one row: kappa undefined
+    with pytest.raises(SubmissionError, match="1_disc_bulging_l2_l3"):
+        score_targets(labels, predictions.drop(index=1), SPIDER)

@@ -10,6 +10,11 @@ long labels
     One row per (study, condition, level), 25 per study, study-major in ``TARGET_COLUMNS`` order:
     ``study_id`` int64, ``condition``, ``level`` (snake_case), ``severity`` (pandas nullable ``Int8``:
     0 normal_mild, 1 moderate, 2 severe, ``<NA>`` missing).
+task labels (another task's table, :mod:`radiospine.task`, e.g. ``train_spider.csv``)
+    ``study_id`` and one column ``<target>_<level>`` per :meth:`Task.target_columns` holding a grade as the
+    target spells it (``"3"``, ``"0"``/``"1"``) or an empty cell; read as long task labels: ``study_id`` int64,
+    ``target``, ``level``, ``grade`` (nullable ``Int8`` index ``0 .. K-1``, ``<NA>`` missing), one row per study,
+    target and level, study-major in ``target_columns`` order (:data:`TASK_LABEL_COLUMNS`).
 label coordinates (``train_label_coordinates.csv``)
     ``study_id``, ``series_id``, ``instance_number`` int64, ``condition``, ``level`` (snake_case),
     ``x``, ``y`` float64 (pixel column and row in that instance's image), plus ``base_condition`` and
@@ -30,11 +35,14 @@ from radiospine.artifacts import atomic_path
 from radiospine.catalog import parse_id
 from radiospine.csvio import read_csv_cells, summarize_items
 from radiospine.errors import DataError
+from radiospine.task import Task
 
 #: The columns of ``train.csv``, in the real file's order.
 TRAIN_LABEL_COLUMNS: tuple[str, ...] = ("study_id", *vocab.TARGET_COLUMNS)
 #: The columns of long labels.
 LONG_LABEL_COLUMNS: tuple[str, ...] = (*vocab.KEY_COLUMNS, "severity")
+#: The columns of long task labels (:func:`load_task_labels`).
+TASK_LABEL_COLUMNS: tuple[str, ...] = ("study_id", "target", "level", "grade")
 #: The columns of ``train_label_coordinates.csv``, in the real file's order.
 COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 
@@ -116,6 +124,55 @@ def load_train_labels(path: str | Path) -> pd.DataFrame:
     wide = labels.where(labels != "", np.nan).astype(object).astype(LABEL_DTYPE)
     wide.insert(0, "study_id", study_ids)
     return wide
+
+
+def load_task_labels(path: str | Path, task: Task) -> pd.DataFrame:
+    """Read a task's labels table into long task labels (see the module docstring).
+
+    Raises:
+        MissingInputError: no such file.
+        DataError: missing or unexpected columns, a study id that is not an integer or listed twice, a cell that
+            is not one of its target's grades (naming the line, column and value).
+    """
+    path = Path(path)
+    cells = read_csv_cells(path, ("study_id", *task.target_columns))
+    study_ids = np.array([parse_id(value, what="study_id", where=f"{path}, line {line}")
+                          for line, value in cells["study_id"].items()], dtype=np.int64)
+    if len(set(study_ids.tolist())) != len(study_ids):
+        raise DataError(f"{path}: study id(s) listed more than once: "
+                        f"{summarize_items(sorted(pd.Series(study_ids)[pd.Series(study_ids).duplicated()]))}; "
+                        f"keep one row per study")
+    columns, grades = [], []
+    for target in task.targets:
+        for level in task.levels:
+            column = f"{target.name}_{level}"
+            bad = [(line, value) for line, value in cells[column].items() if value and value not in target.grades]
+            if bad:
+                raise DataError(f"{path}, line {bad[0][0]} column {column}: {bad[0][1]!r} is not a {target.name} "
+                                f"grade; expected one of {', '.join(target.grades)} or an empty cell")
+            columns.append((target.name, level))
+            grades.append([target.grade_index(value) if value else -1 for value in cells[column]])
+    grade = np.asarray(grades, dtype=np.int64).T.ravel()  # (studies * columns,), study-major
+    n_columns = len(columns)
+    return pd.DataFrame({
+        "study_id": np.repeat(study_ids, n_columns),
+        "target": np.tile([name for name, _ in columns], len(study_ids)),
+        "level": np.tile([level for _, level in columns], len(study_ids)),
+        "grade": pd.array(np.where(grade < 0, pd.NA, grade).tolist(), dtype="Int8"),
+    })
+
+
+def write_task_labels(long: pd.DataFrame, task: Task, path: str | Path) -> Path:
+    """Long task labels (any row order; absent keys are empty cells) -> the task's labels table at ``path``."""
+    path = Path(path)
+    cells = pd.DataFrame(index=pd.Index(sorted(set(long["study_id"].astype(np.int64))), name="study_id"),
+                         columns=list(task.target_columns), dtype=object).fillna("")
+    for row in long.itertuples(index=False):
+        if not pd.isna(row.grade):
+            cells.loc[int(row.study_id), f"{row.target}_{row.level}"] = task.target(row.target).grades[int(row.grade)]
+    with atomic_path(path) as temporary:
+        cells.reset_index().to_csv(temporary, index=False, lineterminator="\n")
+    return path
 
 
 def labels_to_long(wide: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,12 @@ What it writes into ``OUT`` (every other command reads it unchanged):
 * for ``train``: ``train.csv`` (the studies, every cell empty: image volumes carry no RSNA grades) and
   ``train_label_coordinates.csv`` with the spinal canal point of each RSNA level (L1/L2 .. L5/S1) found in a mask;
   for ``test``: the coordinates go to ``volume_import/test_label_coordinates.csv`` (the test split has none);
+  with ``points="disc"`` the point of each level is the disc centre instead of the canal point (the ROI of the
+  ``spider`` task's disc gradings, and what the localiser then learns to find);
+* with gradings, per task of :mod:`radiospine.task` whose targets all come from gradings columns found in the
+  table (``spider``): its labels table (:func:`radiospine.labels.write_task_labels`; ``train_spider.csv`` for
+  ``train``, ``volume_import/test_spider.csv`` for ``test``): each RSNA level's disc graded through the target's
+  value map (SPIDER's Modic type 0-3 -> change 0/1), an empty cell where a disc or its grading is missing;
 * ``volume_import/discs.csv``: every disc found (thoracic and sacral ones too): its IVD label and level name, its
   centre and canal point (LPS mm and pixel), size, thickness, and the gradings of its IVD label;
 * ``volume_import/verification.csv``: per study, the disc components found, the IVD labels graded, the mapping
@@ -51,8 +57,9 @@ from radiospine.errors import DataError, MissingInputError, UserError
 from radiospine.geometry import slice_normal
 from radiospine.io.image_file import image_file_stem, image_file_suffix, read_image_file
 from radiospine.io.write import write_volume_series
-from radiospine.labels import write_label_coordinates
+from radiospine.labels import write_label_coordinates, write_task_labels
 from radiospine.roi.mask_points import disc_points
+from radiospine.task import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +232,10 @@ def map_discs_to_ivd(discs: pd.DataFrame, graded: list[int]) -> tuple[np.ndarray
 # --- the import --------------------------------------------------------------------------------------------------
 
 _OUTPUTS = ("train_images", "test_images", "train_series_descriptions.csv", "test_series_descriptions.csv",
-            "train.csv", "train_label_coordinates.csv", IMPORT_FOLDER)
+            "train.csv", "train_label_coordinates.csv", IMPORT_FOLDER,
+            *(task.labels_file for task in TASKS.values() if task.labels_file != "train.csv"))
+#: Where each level's point is put: the canal point at the disc, or the disc centre.
+POINTS = ("canal", "disc")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -235,10 +245,12 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: str | Path | None = None,
                    split: str = "train", disc_label: int = 2, canal_label: int = 3, min_disc_mm3: float = 100.0,
-                   overwrite: bool = False, previews: bool = False) -> dict:
+                   overwrite: bool = False, previews: bool = False, points: str = "canal") -> dict:
     """Write the data folder described in the module docstring; returns the manifest (also written)."""
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if points not in POINTS:
+        raise UserError(f"unknown points {points!r}; expected one of {', '.join(POINTS)}")
     volumes = find_volumes(volumes_dir)
     grades = load_gradings(gradings) if gradings is not None else None
     out_dir = prepare_output_folder(out_dir, _OUTPUTS, overwrite=overwrite)
@@ -276,12 +288,14 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
         if previews:
             draw_disc_points(volume.voxels, discs, out_dir / IMPORT_FOLDER / "previews"
                              / f"{item.study_id}_{item.series_id}.png", title=f"{item.path.name}")
-        rsna = discs[(discs["rsna_level"] != "") & (discs["canal_voxels"] > 0)]
+        rsna = discs[(discs["rsna_level"] != "") & ((discs["canal_voxels"] > 0) | (points == "disc"))]
         for row in rsna.itertuples():
-            # the canal centre's row and column on the nearest slice (the instance it is marked on)
-            slice_index = int(np.clip(round(row.canal_slice), 0, volume.shape[0] - 1))
+            # the point's row and column on the nearest slice (the instance it is marked on)
+            point_slice, col, row_ = ((row.canal_slice, row.canal_col, row.canal_row) if points == "canal"
+                                      else (row.centre_slice, row.centre_col, row.centre_row))
+            slice_index = int(np.clip(round(point_slice), 0, volume.shape[0] - 1))
             coordinate_rows.append((item.study_id, item.series_id, slice_index + 1, vocab.SPINAL, row.rsna_level,
-                                    float(row.canal_col), float(row.canal_row)))
+                                    float(col), float(row_)))
         checks.append(dict(
             study_id=item.study_id, series_id=item.series_id, disc_components=len(discs),
             graded_ivd_labels=" ".join(str(v) for v in sorted(graded)), decision=decision,
@@ -290,13 +304,39 @@ def import_volumes(volumes_dir: str | Path, out_dir: str | Path, *, gradings: st
     _write_outputs(out_dir, split, series_rows, coordinate_rows, disc_tables, checks, grades)
     manifest = dict(
         volumes=str(Path(volumes_dir)), gradings=None if gradings is None else str(gradings), split=split,
-        disc_label=disc_label, canal_label=canal_label, min_disc_mm3=min_disc_mm3,
+        disc_label=disc_label, canal_label=canal_label, min_disc_mm3=min_disc_mm3, points=points,
         studies=len({v.study_id for v in volumes}), series=len(volumes), with_mask=sum(v.mask_path is not None
                                                                                       for v in volumes),
         discs=int(sum(len(t) for t in disc_tables)), canal_points=len(coordinate_rows),
         studies_with_anomalies=int(sum(bool(c["anomalies"]) for c in checks)))
     atomic_write_text(out_dir / IMPORT_FOLDER / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def task_labels_of_discs(discs: pd.DataFrame, task: Task, study_ids: list[int]) -> pd.DataFrame:
+    """Long task labels (:func:`radiospine.labels.load_task_labels`' columns) of ``study_ids`` from the importer's
+    disc rows with their gradings: one row per study, target and level; ``<NA>`` where no graded disc is there.
+
+    Raises:
+        DataError: a grading value that is not one of the target's (naming the study, the level and the value).
+    """
+    rows = []
+    graded = discs[discs["rsna_level"].astype(str) != ""] if len(discs) else discs
+    by_key = {(int(r["study_id"]), str(r["rsna_level"])): r for _, r in graded.iterrows()}
+    for study_id in study_ids:
+        for target in task.targets:
+            for level in task.levels:
+                disc = by_key.get((int(study_id), level))
+                value = None if disc is None else disc.get(target.source_column)
+                grade = pd.NA
+                if value is not None and not pd.isna(value):
+                    try:
+                        grade = target.grade_of_source(int(value))
+                    except ValueError as exc:
+                        raise DataError(f"gradings of study {study_id} at {vocab.level_to_human(level)}: {exc}; "
+                                        f"fix the gradings table") from None
+                rows.append((int(study_id), target.name, level, grade))
+    return pd.DataFrame(rows, columns=["study_id", "target", "level", "grade"]).astype({"grade": "Int8"})
 
 
 def draw_disc_points(voxels: np.ndarray, discs: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
@@ -351,6 +391,11 @@ def _write_outputs(out_dir: Path, split: str, series_rows: list, coordinate_rows
     if grades is not None and len(discs):
         discs = discs.merge(grades, on=["study_id", "ivd_label"], how="left")
     _write_csv(discs, out_dir / IMPORT_FOLDER / "discs.csv")
+    if grades is not None:
+        for task in TASKS.values():
+            if all(target.source_column in grades.columns for target in task.targets):
+                path = out_dir / (task.labels_file if split == "train" else f"{IMPORT_FOLDER}/test_{task.name}.csv")
+                write_task_labels(task_labels_of_discs(discs, task, study_ids), task, path)
     _write_csv(pd.DataFrame(checks, columns=["study_id", "series_id", "disc_components", "graded_ivd_labels",
                                              "decision", "levels_bottom_up", "rsna_levels_with_points",
                                              "anomalies"]),

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--canal-label", type=int, default=3, help="mask value of the spinal canal (SPIDER: 3)")
     parser.add_argument("--min-disc-mm3", type=float, default=100.0,
                         help="smaller disc components are specks, not discs")
+    parser.add_argument("--points", choices=("canal", "disc"), default="canal",
+                        help="each level's point in the coordinates: the canal point at the disc (default) or the "
+                             "disc centre (the ROI of the spider task's disc gradings)")
     parser.add_argument("--previews", action="store_true",
                         help="draw each series' disc centres and canal points with their levels "
                              "(DATA/volume_import/previews/*.png)")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = import_volumes(args.volumes, args.out, gradings=args.gradings, split=args.split,
                               disc_label=args.disc_label, canal_label=args.canal_label,
                               min_disc_mm3=args.min_disc_mm3, overwrite=args.overwrite,
-                              previews=args.previews)
+                              previews=args.previews, points=args.points)
     print(json.dumps({"out": str(args.out), **{key: manifest[key] for key in (
         "studies", "series", "with_mask", "discs", "canal_points", "studies_with_anomalies")}}))
     return 0

@@ -79,9 +79,9 @@ class CnnArchitecture:
     n_classes: int = len(vocab.SEVERITIES)
 
     @classmethod
-    def from_config(cls, config: CnnConfig) -> CnnArchitecture:
+    def from_config(cls, config: CnnConfig, n_classes: int = len(vocab.SEVERITIES)) -> CnnArchitecture:
         return cls(in_channels=config.slices, widths=tuple(config.widths), embedding_size=config.embedding_size,
-                   input_size=config.input_size)
+                   input_size=config.input_size, n_classes=n_classes)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -95,7 +95,7 @@ class SpineCnn(nn.Module):
     """The 2.5D backbone and its training head.
 
     ``embed(x)``: ``x`` ``(batch, in_channels, input_size, input_size)`` float32 -> ``(batch, embedding_size)``.
-    ``forward(x, condition)``: ``condition`` ``(batch,)`` int64 base-condition index -> ``(batch, 3)`` logits.
+    ``forward(x, condition)``: ``condition`` ``(batch,)`` int64 base-condition index -> ``(batch, n_classes)`` logits.
     """
 
     def __init__(self, architecture: CnnArchitecture) -> None:
@@ -158,36 +158,40 @@ def base_condition_index(condition: str) -> int:
 
 
 def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
-                   device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                   device: torch.device | None = None,
+                   class_weights: Sequence[float] = vocab.SEVERITY_WEIGHTS) -> dict[str, torch.Tensor]:
     """Train :class:`SpineCnn` from scratch and return its state dict (on the cpu).
 
     Args:
         inputs: ``(n, slices, input_size, input_size)`` rows: an array, or anything whose ``[indices]`` (sorted
             int64 indices) returns those rows as float32 (the on-disk row file of :class:`CnnTrainer`).
-        labels: ``(n,)`` severity index 0/1/2 of each row.
+        labels: ``(n,)`` class index ``0 .. K-1`` of each row (RSNA: severity 0/1/2).
         conditions: ``(n,)`` base-condition index of each row.
         config: ``features.cnn``: architecture, epochs, batch size, learning rate, weight decay.
         seed: seeds torch (initial weights) and the batch order.
+        class_weights: ``(K,)`` the cross-entropy's weight per true class (RSNA: the metric's 1/2/4); K is the
+            head's number of classes.
     """
     labels = np.asarray(labels, dtype=np.int64)
     conditions = np.asarray(conditions, dtype=np.int64)
     if len(labels) != len(conditions) or len(labels) < 2:
         raise ValueError(f"need at least 2 labelled rows with one condition each, got {len(labels)} labels and "
                          f"{len(conditions)} conditions")
-    if labels.min() < 0 or labels.max() >= len(vocab.SEVERITIES):
-        raise ValueError(f"severity labels must be 0..{len(vocab.SEVERITIES) - 1}, got {sorted(set(labels))}")
+    if labels.min() < 0 or labels.max() >= len(class_weights):
+        raise ValueError(f"class labels must be 0..{len(class_weights) - 1}, got {sorted(set(labels))}")
     device = device or torch.device("cpu")
     with deterministic_torch(device):
-        return _train_backbone(inputs, labels, conditions, config, seed=seed, device=device)
+        return _train_backbone(inputs, labels, conditions, config, seed=seed, device=device,
+                               class_weights=class_weights)
 
 
 def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
-                    device: torch.device) -> dict[str, torch.Tensor]:
+                    device: torch.device, class_weights: Sequence[float]) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     order_rng = np.random.default_rng(seed)
-    model = SpineCnn(CnnArchitecture.from_config(config)).to(device)
+    model = SpineCnn(CnnArchitecture.from_config(config, n_classes=len(class_weights))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    class_weights = torch.tensor(vocab.SEVERITY_WEIGHTS, dtype=torch.float32, device=device)
+    class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
     model.train()
     for epoch in range(config.epochs):
         order = order_rng.permutation(len(labels))
@@ -321,21 +325,26 @@ class CnnTrainer:
 
     Args:
         config: ``features.cnn``.
-        labels: ``(study_id, condition, level)`` -> severity index 0/1/2 for the graded keys (others absent).
+        labels: ``(study_id, condition, level)`` -> class index for the graded keys (others absent): the RSNA
+            severity 0/1/2, or another task's grade (:func:`radiospine.features.stage.training_labels`).
+        class_weights: the training loss's weight per class (K = its length; RSNA: the metric's 1/2/4).
     """
 
     name = "cnn"
 
-    def __init__(self, config: CnnConfig, labels: Mapping[tuple[int, str, str], int]) -> None:
+    def __init__(self, config: CnnConfig, labels: Mapping[tuple[int, str, str], int],
+                 class_weights: Sequence[float] = vocab.SEVERITY_WEIGHTS) -> None:
         self.config = config
         self.labels = {(int(s), str(c), str(lv)): int(v) for (s, c, lv), v in labels.items()}
+        self.class_weights = tuple(float(w) for w in class_weights)
 
     def feature_names(self) -> list[str]:
         return embedding_names(self.config.embedding_size)
 
     def fingerprint(self) -> str:
+        extra = {} if self.class_weights == vocab.SEVERITY_WEIGHTS else {"class_weights": list(self.class_weights)}
         return json_hash({"config": self.config.model_dump(mode="json"),
-                          "labels": sorted([*key, value] for key, value in self.labels.items())})
+                          "labels": sorted([*key, value] for key, value in self.labels.items()), **extra})
 
     def prepare(self, crops: Sequence[RoiCrop]) -> dict[str, np.ndarray]:
         """The embeddable crops' inputs (float16) and keys; crops that cannot be embedded are left out."""
@@ -362,7 +371,7 @@ class CnnTrainer:
         config = self.config
         workdir = Path(workdir)
         device = resolve_device(config.device, DEVICE_KEY)
-        architecture = CnnArchitecture.from_config(config)
+        architecture = CnnArchitecture.from_config(config, n_classes=len(self.class_weights))
         rows = self._write_training_rows(workdir, sorted(int(s) for s in study_ids))
         labelled_studies = np.unique(rows["study_id"])
         if len(labelled_studies) < config.folds:
@@ -393,7 +402,7 @@ class CnnTrainer:
             selected = np.flatnonzero(np.isin(rows["study_id"], train_studies))
             to_train.append(delayed(_train_and_save)(
                 path, workdir / _TRAIN_ROWS, selected, rows["label"][selected], rows["condition"][selected],
-                config, seed, str(device), meta))
+                config, seed, str(device), meta, self.class_weights))
         bar = tqdm(total=len(plan), initial=len(models), desc="cnn models", unit="model", disable=not progress)
         workers = 1 if device.type == "cuda" else max(1, min(threads, len(to_train)))
         try:
@@ -454,17 +463,17 @@ class CnnTrainer:
 
 
 def _train_and_save(path: Path, rows_path: Path, selected: np.ndarray, labels: np.ndarray, conditions: np.ndarray,
-                    config: CnnConfig, seed: int, device: str, meta: Mapping[str, Any]
-                    ) -> tuple[Path, dict[str, torch.Tensor]]:
+                    config: CnnConfig, seed: int, device: str, meta: Mapping[str, Any],
+                    class_weights: Sequence[float]) -> tuple[Path, dict[str, torch.Tensor]]:
     """Train one model on rows ``selected`` of the row file (one compute thread) and save its checkpoint."""
     rows = _RowFile(rows_path, (config.slices, config.input_size, config.input_size))
     try:
         with thread_budget(1):
             state = train_backbone(_Subset(rows, selected), labels, conditions, config, seed=seed,
-                                   device=torch.device(device))
+                                   device=torch.device(device), class_weights=class_weights)
     finally:
         rows.close()
-    save_checkpoint(path, state, CnnArchitecture.from_config(config).to_json(), meta)
+    save_checkpoint(path, state, CnnArchitecture.from_config(config, n_classes=len(class_weights)).to_json(), meta)
     return path, state
 
 

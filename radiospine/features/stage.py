@@ -6,7 +6,8 @@ What goes in (and is hashed into the manifest, so that a change re-computes the 
 * the ROI centres (:func:`radiospine.roi.centres.roi_centres`: label coordinates or the localiser's points) and
   the ``roi`` config, which decide the crops;
 * the ``features`` config: the pyradiomics parameter file's content, and for the CNN either the labels of the
-  training split (the CNN is then trained out-of-fold on this split's crops, see
+  training split (:func:`training_labels`: the config's task's; the CNN is then trained out-of-fold on this
+  split's crops, see
   :mod:`radiospine.features.cnn`) or the weights of a checkpoint: ``features.cnn.checkpoint`` when set, else,
   for the test split, the full model the training split's run saved (``WORK/features/train/_cnn/full.pt``).
 """
@@ -20,12 +21,14 @@ from typing import Any
 
 import pandas as pd
 
+from radiospine import vocab
 from radiospine.config import RadiospineConfig, RoiConfig, config_hash
 from radiospine.errors import MissingInputError
 from radiospine.features.base import Extractor, TrainableExtractor
 from radiospine.features.driver import RunSummary, StudyCrops, compute_features
 from radiospine.features.store import FeatureStore
 from radiospine.hashing import short_hash
+from radiospine.task import RSNA2024, Task, get_task
 from radiospine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -86,16 +89,31 @@ def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path,
                     f"(it trains the CNN), set features.cnn.checkpoint, or disable it with features.cnn.enabled=false")
             extractors.append(CnnExtractor.from_checkpoint(checkpoint, batch_size=cnn.batch_size, device=cnn.device))
         else:
-            extractors.append(CnnTrainer(cnn, training_labels(data_dir)))
+            labels, class_weights = training_labels(data_dir, get_task(config.task))
+            extractors.append(CnnTrainer(cnn, labels, class_weights))
     return extractors
 
 
-def training_labels(data_dir: str | Path) -> dict[tuple[int, str, str], int]:
-    """``(study_id, condition, level)`` -> severity index of every graded key of ``DATA/train.csv``."""
-    from radiospine.labels import labels_to_long, load_train_labels
+def training_labels(data_dir: str | Path, task: Task = RSNA2024
+                    ) -> tuple[dict[tuple[int, str, str], int], tuple[float, ...]]:
+    """The CNN's training labels and class weights for ``task``.
 
-    long = labels_to_long(load_train_labels(Path(data_dir) / "train.csv")).dropna(subset=["severity"])
-    return {(int(r.study_id), str(r.condition), str(r.level)): int(r.severity) for r in long.itertuples()}
+    RSNA 2024: ``(study_id, condition, level)`` -> severity index of every graded key of ``DATA/train.csv``,
+    weighted 1/2/4. Another task: its first target's grades (``spider``: the Pfirrmann grade) keyed by the
+    target's ``roi_condition`` (the crop it is read from) and level, weighted by the target's weights; the
+    embedding the CNN learns there serves every target of the task.
+    """
+    from radiospine.labels import labels_to_long, load_task_labels, load_train_labels
+
+    if task.metric == "rsna2024":
+        long = labels_to_long(load_train_labels(Path(data_dir) / task.labels_file)).dropna(subset=["severity"])
+        return ({(int(r.study_id), str(r.condition), str(r.level)): int(r.severity) for r in long.itertuples()},
+                vocab.SEVERITY_WEIGHTS)
+    target = task.targets[0]
+    long = load_task_labels(Path(data_dir) / task.labels_file, task)
+    long = long[(long["target"] == target.name) & long["grade"].notna()]
+    return ({(int(r.study_id), target.roi_condition, str(r.level)): int(r.grade) for r in long.itertuples()},
+            target.weights)
 
 
 def run_features_stage(data_dir: str | Path, split: str, work_dir: str | Path, config: RadiospineConfig, *,

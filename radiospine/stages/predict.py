@@ -9,6 +9,10 @@ the run prints which studies and rows and why, and writes them to ``<out>.filled
 With ``--model MODEL_DIR`` (a bundle from ``radiospine export-model``) the localiser, the CNN, the models, the prior
 and the config come from the bundle, after its checksums are verified; ``WORK`` then only receives the split's
 coordinates and features.
+
+With ``task`` other than ``rsna2024`` (:mod:`radiospine.task`) ``--out`` receives the long predictions of the
+per-target models (:mod:`radiospine.models.target_models`): ``study_id, target, level, p0 .. p<K-1>`` for every
+study, target and level (columns beyond a target's K empty), rows without features from the level-only prior.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from radiospine import artifacts
     from radiospine.features.columns import is_status_column
     from radiospine.features.stage import run_features_stage
+    from radiospine.features.store import read_features
     from radiospine.models.bundle import bundle_config, open_bundle
     from radiospine.models.condition_models import TrainedModels
+    from radiospine.models.target_models import TrainedTargetModels
     from radiospine.roi.localizer.stage import localize
     from radiospine.submission import build_submission, study_ids_of_split, write_submission
+    from radiospine.task import get_task
     from radiospine.workspace import Workspace
 
     data, workspace, out = Path(args.data), Workspace(args.work), Path(args.out)
@@ -60,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_arguments(args)
         models_dir, prior_path, localizer_dir = workspace.models_dir, workspace.prior, workspace.localizer_dir
-    models = TrainedModels.load(models_dir)
-    prior = pd.read_csv(prior_path)
+    per_target = get_task(config.task).metric != "rsna2024"
+    if per_target:
+        models = TrainedTargetModels.load(models_dir)
+    else:
+        models = TrainedModels.load(models_dir)
+        prior = pd.read_csv(prior_path)
     study_ids = study_ids_of_split(data, args.split)
     timings["load"] = time.perf_counter() - started
 
@@ -75,13 +86,19 @@ def run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     timings["features"] = time.perf_counter() - step
 
-    # The feature table is read and predicted a chunk of studies at a time: memory does not grow with the
-    # number of studies (TrainedModels.predict_stored_studies).
+    # RSNA: the feature table is read and predicted a chunk of studies at a time, so memory does not grow with the
+    # number of studies (TrainedModels.predict_stored_studies). A per-target task's table (one view, its
+    # roi_condition's rows) is read whole.
     step = time.perf_counter()
-    completed, filled = models.predict_stored_studies(workspace.features_dir(args.split), study_ids, prior)
+    if per_target:
+        submission, filled = models.predict(read_features(workspace.features_dir(args.split)), study_ids)
+        with artifacts.atomic_path(out) as tmp:
+            submission.to_csv(tmp, index=False)
+    else:
+        completed, filled = models.predict_stored_studies(workspace.features_dir(args.split), study_ids, prior)
+        submission = build_submission(completed, study_ids)
+        write_submission(submission, out, expected_study_ids=study_ids)
     status_columns = [c for c in filled.columns if is_status_column(c)]
-    submission = build_submission(completed, study_ids)
-    write_submission(submission, out, expected_study_ids=study_ids)
     timings["predict"] = time.perf_counter() - step
 
     if len(filled):

@@ -5,6 +5,11 @@ models of :mod:`radiospine.models.condition_models` and writes ``WORK/models/``:
 (``model_card.json``: feature columns, classes, CV scores per part, calibration, blend weights, versions, config
 hash), the out-of-fold predictions and ``prior.csv`` (the weighted prior, which fills rows the models cannot
 predict). Skipped when ``WORK/models`` was written from the same features, labels and config.
+
+With ``task`` other than ``rsna2024`` (:mod:`radiospine.task`) the labels are the task's table (``spider``:
+``DATA/train_spider.csv``) and the models are per target (:mod:`radiospine.models.target_models`): native
+boosters, ``model_card.json`` with the out-of-fold scores per target beside the level-only prior, and
+``oof_predictions.csv``; the priors live in the model card.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.labels import labels_to_long, load_train_labels
     from radiospine.metrics import weighted_prior
     from radiospine.models.condition_models import prepare_features, train_condition_models
+    from radiospine.task import get_task
     from radiospine.workspace import Workspace
 
     config = config_from_arguments(args)
@@ -45,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     feature_summary = run_features_stage(data, "train", workspace.root, config, jobs=args.jobs,
                                          scheduler=args.scheduler, progress=not args.no_progress)
     features = read_features(workspace.features_dir("train"))
+    task = get_task(config.task)
+    if task.metric != "rsna2024":
+        return _run_per_target(args, config, task, data, workspace, features, feature_summary, started)
     labels = labels_to_long(load_train_labels(data / "train.csv"))
     inputs = {"features": frame_hash(features), "labels": frame_hash(labels)}
     out = workspace.models_dir
@@ -72,4 +81,33 @@ def run(args: argparse.Namespace) -> int:
                "oof_by_member": {name: scores["all"]["score"] for name, scores in cv.items()},
                "weighted_prior_in_sample": trained.report["weighted_prior_in_sample"]}
     print(json.dumps(summary, default=str))
+    return 0
+
+
+def _run_per_target(args, config, task, data: Path, workspace, features, feature_summary: dict, started: float) -> int:
+    """train-gbm for a task scored per target (module docstring)."""
+    from radiospine import artifacts
+    from radiospine.features.stage import frame_hash
+    from radiospine.labels import load_task_labels
+    from radiospine.models.target_models import train_target_models
+
+    labels = load_task_labels(data / task.labels_file, task)
+    inputs = {"features": frame_hash(features), "labels": frame_hash(labels), "task": task.name}
+    out = workspace.models_dir
+    if not args.force and artifacts.is_up_to_date(out, config=config.models, inputs=inputs):
+        print(f"{out} is up to date (same features, labels, task and config); --force retrains")
+        print(json.dumps({"models": str(out), "skipped": True}))
+        return 0
+    fit_started = time.perf_counter()
+    trained = train_target_models(features, labels, task, config.models)
+    fit_seconds = time.perf_counter() - fit_started
+    trained.save(out)
+    artifacts.write_manifest(out, stage="train-gbm", config=config.models, inputs=inputs,
+                             extra={"fit_seconds": round(fit_seconds, 1)})
+    scores = trained.report["oof_scores"]
+    print(json.dumps({"models": str(out), "task": task.name, "features_seconds": feature_summary["seconds"],
+                      "fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
+                      "oof": {row["target"]: {key: row[key] for key in ("weighted_log_loss", "prior_weighted_log_loss",
+                                                                         "qwk", "auc", "accuracy")}
+                              for row in scores}}, default=str))
     return 0

@@ -1,0 +1,283 @@
+"""Per-target GBMs for the tasks scored per target (:mod:`radiospine.task`, ``metric = "per_target"``: ``spider``).
+
+The RSNA task keeps its own driver (:mod:`radiospine.models.condition_models`: three severities, the metric's
+four parts, blending, calibration, the any-severe adjustment). A per-target task is simpler: every target is its
+own K-grade problem, scored with :func:`radiospine.metrics.target_metrics`.
+
+Inputs
+------
+features
+    The feature table (:func:`radiospine.models.condition_models.prepare_features` validates it): one row per
+    ``(study_id, condition, level)``.
+labels
+    Long task labels (:func:`radiospine.labels.load_task_labels`): ``study_id, target, level, grade``.
+
+Per target
+----------
+* design matrix: the feature rows whose condition is the target's ``roi_condition``, one per (study, level);
+  the feature columns of the target's view (``<extractor>__<view>__<name>``) that are not all NaN on the
+  training rows, then ``key__level`` (0 = L1/L2 .. 4 = L5/S1);
+* model: every member of ``models.members`` (ordinal: K-1 cumulative boosters; multiclass: one softmax booster;
+  a binary target is one logistic booster either way) on grade indices ``0 .. K-1``, rows weighted by the
+  target's weight of their true grade when ``models.sample_weighting`` is ``metric``; the members' probabilities
+  averaged with equal weights;
+* out of fold: the labelled studies go to ``models.n_folds`` folds (:func:`study_folds`), and each fold is
+  predicted by members fitted on the others (:func:`radiospine.models.cv.fit_grouped`: early stopping on
+  held-out studies), as is the level-only prior (:func:`radiospine.metrics.level_prior`), the baseline every
+  figure is reported beside; a fold whose training rows hold one grade only is predicted by the prior;
+* then every member is fitted on all labelled rows, and the prior on all labels.
+
+:meth:`TrainedTargetModels.save` writes the boosters in their native formats under ``targets/<target>/<member>/``,
+``model_card.json`` (feature columns, priors, out-of-fold scores per target) and ``oof_predictions.csv``
+(``study_id, target, level, p0 ..``). No pickle is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold
+
+from radiospine import metrics
+from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
+from radiospine.config import ModelsConfig, config_hash
+from radiospine.errors import DataError, MissingInputError
+from radiospine.features.columns import LEVEL_FEATURE, parse_column
+from radiospine.models import cv
+from radiospine.models.condition_models import make_member_estimator, prepare_features
+from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
+from radiospine.task import Target, Task, get_task
+from radiospine.threads import single_threaded_blas
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD = "model_card.json"
+OOF_PREDICTIONS = "oof_predictions.csv"
+CARD_FORMAT = "radiospine.target_models/1"
+_KEY = ["study_id", "target", "level"]
+_ESTIMATORS = {"OrdinalGBMClassifier": OrdinalGBMClassifier, "MulticlassGBMClassifier": MulticlassGBMClassifier}
+
+
+def study_folds(study_ids: Sequence[int], n_splits: int, seed: int) -> pd.Series:
+    """Fold index (0 .. n_splits-1) per study, indexed by study id: ``KFold`` over the sorted ids, shuffled."""
+    ids = np.unique(np.asarray(study_ids, dtype=np.int64))
+    if len(ids) < n_splits:
+        raise DataError(f"{len(ids)} labelled studies cannot be split into {n_splits} folds; lower models.n_folds "
+                        f"or add studies")
+    folds = pd.Series(-1, index=ids, dtype=np.int64, name="fold")
+    for fold, (_, held_out) in enumerate(KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(ids)):
+        folds.iloc[held_out] = fold
+    return folds
+
+
+def view_columns(columns: Sequence[str], target: Target) -> list[str]:
+    """The feature columns (``<extractor>__<view>__<name>``) of the target's view, in the given order."""
+    return [column for column in columns if parse_column(column).view == target.view]
+
+
+def design_matrix(table: pd.DataFrame, target: Target, task: Task, columns: Sequence[str]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(keys, X)`` of a target from a prepared feature table (``study_id, condition, level`` + features).
+
+    ``keys``: ``study_id, level`` of the target's rows (its ``roi_condition``'s rows at the task's levels),
+    in the table's order; ``X``: ``columns`` then :data:`LEVEL_FEATURE` (level index), float64, same rows.
+    """
+    rows = (table["condition"] == target.roi_condition).to_numpy() & table["level"].isin(task.levels).to_numpy()
+    keys = table.loc[rows, ["study_id", "level"]].reset_index(drop=True)
+    X = table.loc[rows, list(columns)].reset_index(drop=True)
+    X[LEVEL_FEATURE] = pd.Index(task.levels).get_indexer(keys["level"]).astype(np.float64)
+    return keys, X
+
+
+def _grades_of(keys: pd.DataFrame, labels: pd.DataFrame, target: Target) -> np.ndarray:
+    """(n_rows,) grade index of each key row, -1 where it has no label."""
+    mine = labels[(labels["target"] == target.name) & labels["grade"].notna()]
+    merged = keys.merge(mine[["study_id", "level", "grade"]], on=["study_id", "level"], how="left",
+                        validate="one_to_one")
+    return merged["grade"].astype("Float64").fillna(-1).to_numpy(np.int64)
+
+
+def _averaged(members: dict[str, _GBMClassifierBase], X: pd.DataFrame, n_grades: int) -> np.ndarray:
+    return np.mean([cv.class_proba(estimator, X, n_grades) for estimator in members.values()], axis=0)
+
+
+def _long(keys: pd.DataFrame, target: Target, proba: np.ndarray, task: Task) -> pd.DataFrame:
+    frame = pd.DataFrame(np.full((len(keys), task.max_grades), np.nan), columns=list(task.probability_columns))
+    frame.iloc[:, :target.n_grades] = proba
+    return pd.concat([keys[["study_id"]].assign(target=target.name, level=keys["level"].to_numpy()), frame],
+                     axis=1)
+
+
+# --- trained models -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetModel:
+    """One target's fitted members, its design matrix's columns and its level-only prior ``(levels, K)``."""
+
+    target: Target
+    feature_columns: tuple[str, ...]
+    members: dict[str, _GBMClassifierBase]
+    prior: np.ndarray
+
+
+@dataclass
+class TrainedTargetModels:
+    """What :func:`train_target_models` fitted: per target its members and prior; ``report`` holds the
+    out-of-fold scores (model card), ``oof_predictions`` the out-of-fold long predictions."""
+
+    task: Task
+    config: ModelsConfig
+    models: list[TargetModel]
+    report: dict[str, Any] = field(default_factory=dict)
+    oof_predictions: pd.DataFrame | None = None
+
+    def predict(self, features: pd.DataFrame, study_ids: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Long predictions for every target and level of every study in ``study_ids``, and the rows filled.
+
+        A row with a feature row holding any extracted value is predicted by the members; a row whose crop
+        failed (all features NaN) or that has no feature row is filled with the target's level-only prior.
+
+        Returns:
+            ``(predictions, filled)``: ``predictions`` has ``study_id, target, level`` and
+            ``task.probability_columns`` for every study x target x level, in that order; ``filled`` the keys
+            of the rows that came from the prior.
+        """
+        study_ids = np.asarray(sorted({int(s) for s in study_ids}), dtype=np.int64)
+        table = prepare_features(features, self.config.extractors).table
+        parts, filled = [], []
+        with single_threaded_blas():
+            for model in self.models:
+                grid = pd.DataFrame({"study_id": np.repeat(study_ids, len(self.task.levels)),
+                                     "level": np.tile(self.task.levels, len(study_ids))})
+                keys, X = design_matrix(table, model.target, self.task, model.feature_columns[:-1])
+                predicted = X.drop(columns=LEVEL_FEATURE).notna().any(axis=1).to_numpy()
+                proba = model.prior[pd.Index(self.task.levels).get_indexer(grid["level"])]
+                position = grid.merge(keys[predicted].reset_index(), on=["study_id", "level"], how="left")["index"]
+                found = position.notna().to_numpy()
+                if found.any():
+                    rows = position[found].to_numpy(np.int64)
+                    proba[found] = _averaged(model.members, X.iloc[rows].reset_index(drop=True),
+                                             model.target.n_grades)
+                parts.append(_long(grid, model.target, proba, self.task))
+                filled.append(grid[~found].assign(target=model.target.name)[_KEY])
+        return pd.concat(parts, ignore_index=True), pd.concat(filled, ignore_index=True)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model_card.json``, the boosters under ``targets/<target>/<member>/`` and
+        ``oof_predictions.csv`` into ``directory``; returns the card's path."""
+        directory = Path(directory)
+        targets = []
+        for model in self.models:
+            members = {}
+            for name, estimator in model.members.items():
+                relative = Path("targets") / model.target.name / name
+                estimator.to_native(directory / relative)
+                members[name] = {"path": relative.as_posix(), "class": type(estimator).__name__}
+            targets.append({"target": model.target.name, "feature_columns": list(model.feature_columns),
+                            "members": members, "prior": model.prior.tolist()})
+        card = {"format": CARD_FORMAT, "task": self.task.name, "config": self.config.model_dump(mode="json"),
+                "config_hash": config_hash(self.config), "versions": library_versions(), "targets": targets,
+                "report": self.report}
+        if self.oof_predictions is not None:
+            with atomic_path(directory / OOF_PREDICTIONS) as tmp:
+                self.oof_predictions.to_csv(tmp, index=False)
+        card_path = directory / MODEL_CARD
+        atomic_write_text(card_path, json.dumps(card, indent=2))
+        return card_path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainedTargetModels:
+        """Read models written by :meth:`save`."""
+        directory = Path(directory)
+        card_path = directory / MODEL_CARD
+        if not card_path.is_file():
+            raise MissingInputError(f"{card_path} does not exist: run `radiospine train-gbm` first")
+        card = json.loads(card_path.read_text())
+        if card.get("format") != CARD_FORMAT:
+            raise DataError(f"{card_path} is not a per-target model card (format {card.get('format')!r}); it was "
+                            f"trained for another task: retrain with `radiospine train-gbm --force` and this config")
+        task = get_task(card["task"])
+        models = [TargetModel(task.target(entry["target"]), tuple(entry["feature_columns"]),
+                              {name: _ESTIMATORS[member["class"]].from_native(directory / member["path"])
+                               for name, member in entry["members"].items()},
+                              np.asarray(entry["prior"], dtype=np.float64))
+                  for entry in card["targets"]]
+        return cls(task, ModelsConfig.model_validate(card["config"]), models, card["report"])
+
+
+def _out_of_fold(X: pd.DataFrame, y: np.ndarray, weight: np.ndarray, groups: np.ndarray, fold: np.ndarray,
+                 levels: np.ndarray, target: Target, task: Task, config: ModelsConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold ``(n_rows, K)`` probabilities of the members' average and of the level-only prior.
+
+    A fold whose training rows hold a single grade (a rare finding, a small data set) gets the prior there too,
+    with a warning: no classifier can be fitted on one class.
+    """
+    proba, prior = np.empty((len(y), target.n_grades)), np.empty((len(y), target.n_grades))
+    level_index = pd.Index(task.levels).get_indexer(levels)
+    for k in np.unique(fold):
+        train, test = fold != k, fold == k
+        prior[test] = metrics.level_prior(levels[train], y[train], target, task.levels)[level_index[test]]
+        if len(np.unique(y[train])) < 2:
+            logger.warning("%s: the training rows of fold %d hold grade %s only; the fold is predicted by the "
+                           "level-only prior", target.name, k, target.grades[int(y[train][0])])
+            proba[test] = prior[test]
+            continue
+        members = [cv.fit_grouped(lambda m=member: make_member_estimator(m, config), X[train], y[train],
+                                  weight[train], groups[train], config.seed + int(k)) for member in config.members]
+        proba[test] = np.mean([cv.class_proba(estimator, X[test], target.n_grades) for estimator in members], axis=0)
+    return proba, prior
+
+
+def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task, config: ModelsConfig
+                        ) -> TrainedTargetModels:
+    """Fit and score every target of ``task`` (module docstring); BLAS on one thread.
+
+    Raises:
+        DataError: a target with fewer than two grades among its labelled rows, or too few labelled studies
+            for ``models.n_folds`` folds.
+    """
+    prepared = prepare_features(features, config.extractors)
+    table = prepared.table
+    labelled = labels[labels["grade"].notna()]
+    folds = study_folds(labelled["study_id"].to_numpy(), config.n_folds, config.seed)
+    models, oof_parts, prior_parts = [], [], []
+    with single_threaded_blas():
+        for target in task.targets:
+            keys, X_all = design_matrix(table, target, task, view_columns(prepared.columns, target))
+            y = _grades_of(keys, labels, target)
+            if len(np.unique(y[y >= 0])) < 2:
+                raise DataError(f"target {target.name} has {len(np.unique(y[y >= 0]))} grade(s) among its "
+                                f"{int((y >= 0).sum())} labelled rows with features; it needs two or more")
+            keep = [c for c in X_all.columns[:-1] if X_all.loc[y >= 0, c].notna().any()] + [LEVEL_FEATURE]
+            X = X_all[keep]
+            rows = (y >= 0) & keys["study_id"].isin(folds.index).to_numpy()
+            X, y, keys = X[rows].reset_index(drop=True), y[rows], keys[rows].reset_index(drop=True)
+            groups = keys["study_id"].to_numpy(np.int64)
+            fold = folds.reindex(groups).to_numpy(np.int64)
+            weight = (np.asarray(target.weights)[y] if config.sample_weighting == "metric"
+                      else np.ones(len(y)))
+            oof, prior_oof = _out_of_fold(X, y, weight, groups, fold, keys["level"].to_numpy(), target, task, config)
+            members = {member.name: cv.fit_grouped(lambda m=member: make_member_estimator(m, config), X, y, weight,
+                                                   groups, config.seed)
+                       for member in config.members}
+            prior = metrics.level_prior(keys["level"].to_numpy(), y, target, task.levels)
+            models.append(TargetModel(target, tuple(X.columns), members, prior))
+            oof_parts.append(_long(keys, target, oof, task))
+            prior_parts.append(_long(keys, target, prior_oof, task))
+            logger.info("%s: %d labelled rows, %d feature columns", target.name, len(y), X.shape[1])
+    oof_predictions = pd.concat(oof_parts, ignore_index=True)
+    scores = metrics.score_targets(labels, oof_predictions, task, baseline=pd.concat(prior_parts,
+                                                                                      ignore_index=True))
+    report = {"n_folds": config.n_folds, "studies": len(folds),
+              "failed_rows": prepared.failed_rows,
+              "oof_scores": json.loads(scores.to_json(orient="records"))}
+    return TrainedTargetModels(task, config, models, report, oof_predictions)

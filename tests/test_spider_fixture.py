@@ -3,6 +3,7 @@ derivation, ROI cutting, radiomics and localiser inference."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from radiospine.io.image_file import read_image_file
 from radiospine.labels import load_label_coordinates
 from radiospine.roi.cut import crops_for_study
 from radiospine.roi.mask_points import disc_points
+from radiospine.task import SPIDER
 
 FIXTURE = Path(__file__).parent / "data" / "spider"
 GRADINGS = FIXTURE / "radiological_gradings.csv"
@@ -140,3 +142,69 @@ def test_localiser_inference_runs_on_real_anatomy(tmp_path: Path) -> None:
         _, n_rows, n_cols = volume.shape
         assert ((rows["x"] >= 0) & (rows["x"] <= n_cols - 1) & (rows["y"] >= 0) & (rows["y"] <= n_rows - 1)).all()
 
+
+
+def test_the_spider_labels_table_holds_the_gradings(data_dir: Path) -> None:
+    from radiospine.labels import load_task_labels
+
+    labels = load_task_labels(data_dir / "train_spider.csv", SPIDER).set_index(["study_id", "target", "level"])
+    gradings = pd.read_csv(GRADINGS)
+    for row in gradings[gradings["IVD label"].between(1, 5)].itertuples(index=False):
+        level = {1: "l5_s1", 2: "l4_l5", 3: "l3_l4", 4: "l2_l3", 5: "l1_l2"}[row[1]]
+        assert labels.loc[(row.Patient, "pfirrmann_grade", level), "grade"] == row[-1] - 1
+        assert labels.loc[(row.Patient, "disc_herniation", level), "grade"] == row[6]
+        assert labels.loc[(row.Patient, "modic_change", level), "grade"] == int(row.Modic > 0)
+    assert labels["grade"].notna().all() and len(labels) == 2 * 25
+
+
+@pytest.mark.slow
+def test_spider_task_end_to_end(tmp_path: Path) -> None:
+    """features -> train-gbm -> predict -> score for the spider task on real MRI: the two fixture patients and a
+    copy of each under another id (so that two folds have studies to train on), disc-centred ROIs."""
+    import shutil
+
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    gradings = pd.read_csv(GRADINGS)
+    copies = [gradings]
+    for study_id, copy_id in ((7, 8), (107, 108)):
+        for kind in ("image", "mask"):
+            shutil.copy(FIXTURE / f"{study_id}_t2_SPACE_{kind}.mha", volumes / f"{study_id}_t2_SPACE_{kind}.mha")
+            shutil.copy(FIXTURE / f"{study_id}_t2_SPACE_{kind}.mha", volumes / f"{copy_id}_t2_SPACE_{kind}.mha")
+        copies.append(gradings[gradings["Patient"] == study_id].assign(Patient=copy_id))
+    pd.concat(copies).to_csv(tmp_path / "gradings.csv", index=False)
+    train, test, work = tmp_path / "train", tmp_path / "test", tmp_path / "work"
+    assert main(["import-volumes", "--volumes", str(volumes), "--gradings", str(tmp_path / "gradings.csv"),
+                 "--out", str(train), "--points", "disc"]) == 0
+    assert main(["import-volumes", "--volumes", str(FIXTURE), "--gradings", str(GRADINGS), "--out", str(test),
+                 "--split", "test", "--points", "disc"]) == 0
+    coords = load_label_coordinates(train / "train_label_coordinates.csv")
+    discs = pd.read_csv(train / "volume_import" / "discs.csv")
+    first = discs[(discs["study_id"] == 7) & (discs["level"] == "L1/L2")].iloc[0]
+    point = coords[(coords["study_id"] == 7) & (coords["level"] == "l1_l2")].iloc[0]
+    assert (point["x"], point["y"]) == pytest.approx((first["centre_col"], first["centre_row"]))
+
+    localiser = [token for option in TINY for token in ("--set", option)]
+    assert main(["synth", "--out", str(tmp_path / "synth"), "--train-studies", "2", "--test-studies", "0",
+                 "--seed", "3", "--small"]) == 0
+    assert main(["train-localizer", "--data", str(tmp_path / "synth"), "--work", str(work), *localiser]) == 0
+    options = ["--config", str(Path(CONFIG_DIR) / "spider.yaml"), *localiser]
+    for option in ("models.n_folds=2", "features.cnn.folds=2", "features.cnn.epochs=1", "features.cnn.widths=[8,16]",
+                   "features.cnn.input_size=32", "models.gbm.n_estimators=20"):
+        options += ["--set", option]
+    assert main(["train-gbm", "--data", str(train), "--work", str(work), "--no-progress", *options]) == 0
+    card = json.loads((work / "models" / "model_card.json").read_text())
+    assert card["task"] == "spider" and [t["target"] for t in card["targets"]] == list(SPIDER.target_names)
+    assert {row["target"] for row in card["report"]["oof_scores"]} == set(SPIDER.target_names)
+    assert any(column.startswith("cnn__sagittal_t2__") for column in card["targets"][0]["feature_columns"])
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--data", str(test), "--split", "test", "--work", str(work), "--out", str(out),
+                 "--no-progress", *options]) == 0
+    predictions = pd.read_csv(out)
+    assert len(predictions) == 2 * 5 * 5 and list(predictions.columns[:3]) == ["study_id", "target", "level"]
+    for target in SPIDER.targets:
+        rows = predictions[predictions["target"] == target.name]
+        assert np.allclose(rows[list(SPIDER.probability_columns[:target.n_grades])].sum(axis=1), 1)
+    assert main(["score", "--task", "spider", "--labels", str(test / "volume_import" / "test_spider.csv"),
+                 "--pred", str(out)]) == 0

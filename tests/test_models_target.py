@@ -82,6 +82,8 @@ def test_target_models_beat_the_level_prior_out_of_fold(tmp_path) -> None:
     model = loaded.models[0]
     assert from_prior.loc[("pfirrmann_grade", "l4_l5"), ["p0", "p1", "p2", "p3", "p4"]].tolist() == pytest.approx(
         model.prior[3].tolist())
+    with pytest.raises(DataError, match="lacks 1 column"):
+        loaded.predict(features.drop(columns=model.feature_columns[0]), study_ids)
 
 
 def test_a_fold_with_one_grade_is_predicted_by_the_prior_and_one_grade_overall_is_an_error() -> None:

@@ -145,6 +145,9 @@ class TrainedTargetModels:
         A row with a feature row holding any extracted value is predicted by the members; a row whose crop
         failed (all features NaN) or that has no feature row is filled with the target's level-only prior.
 
+        Raises:
+            DataError: the table lacks a feature column the models were trained on.
+
         Returns:
             ``(predictions, filled)``: ``predictions`` has ``study_id, target, level`` and
             ``task.probability_columns`` for every study x target x level, in that order; ``filled`` the keys
@@ -152,6 +155,10 @@ class TrainedTargetModels:
         """
         study_ids = np.asarray(sorted({int(s) for s in study_ids}), dtype=np.int64)
         table = prepare_features(features, self.config.extractors).table
+        missing = sorted({c for model in self.models for c in model.feature_columns[:-1]} - set(table.columns))
+        if missing:
+            raise DataError(f"the feature table lacks {len(missing)} column(s) the models were trained on "
+                            f"({', '.join(missing[:3])}...): compute the features with the training run's config")
         parts, filled = [], []
         with single_threaded_blas():
             for model in self.models:

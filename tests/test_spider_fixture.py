@@ -18,6 +18,7 @@ from radiospine.io.decode import read_volume
 from radiospine.io.image_file import read_image_file
 from radiospine.labels import load_label_coordinates
 from radiospine.roi.cut import crops_for_study
+from radiospine.roi.localizer.model import load_localizer
 from radiospine.roi.mask_points import disc_points
 from radiospine.task import SPIDER
 
@@ -208,3 +209,34 @@ def test_spider_task_end_to_end(tmp_path: Path) -> None:
         assert np.allclose(rows[list(SPIDER.probability_columns[:target.n_grades])].sum(axis=1), 1)
     assert main(["score", "--task", "spider", "--labels", str(test / "volume_import" / "test_spider.csv"),
                  "--pred", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_localiser_trains_and_localises_on_sagittal_only_studies(data_dir: Path, tmp_path: Path) -> None:
+    """SPIDER has one Sagittal T2 series per study and canal points only: train-localizer trains the sagittal
+    network alone and records why; localize places the canal points and records the foraminal and subarticular
+    points as missing, with the reason, instead of crashing or inventing them."""
+    options = [token for option in TINY for token in ("--set", option)]
+    work = tmp_path / "work"
+    assert main(["train-localizer", "--data", str(data_dir), "--work", str(work), *options]) == 0
+    folder = work / "localizer"
+    description = json.loads((folder / "localizer.json").read_text())
+    assert description["untrained"] == ["foraminal", "axial"]
+    assert "no Axial T2 series" in description["training"]["axial"]["skipped"]
+    assert (folder / "sagittal.pt").is_file() and not (folder / "axial.pt").exists()
+    localizer = load_localizer(folder, "cpu")
+    assert localizer.axial is None and localizer.untrained == ("foraminal", "axial")
+    out = tmp_path / "coords.csv"
+    assert main(["localize", "--data", str(data_dir), "--split", "train", "--work", str(work), "--out", str(out),
+                 "--truth", str(data_dir / "train_label_coordinates.csv"), *options]) == 0
+    provenance = pd.read_csv(tmp_path / "coords.provenance.csv")
+    assert len(provenance) == 50
+    spinal = provenance[provenance["condition"] == vocab.SPINAL]
+    assert len(spinal) == 10 and (spinal["source"] != "missing").all()
+    others = provenance[provenance["condition"] != vocab.SPINAL]
+    assert (others["source"] == "missing").all()
+    foraminal = others["condition"].str.contains("foraminal")
+    assert others.loc[foraminal, "note"].str.contains("without foraminal points").all()
+    assert others.loc[~foraminal, "note"].str.contains("no axial network").all()
+    summary = json.loads((tmp_path / "coords.summary.json").read_text())
+    assert summary["evaluation"]["spinal_canal_stenosis"]["points"] == 10

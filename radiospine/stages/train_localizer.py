@@ -1,8 +1,9 @@
 """`radiospine train-localizer --data DIR --work WORK`: train the level localiser on the training coordinates.
 
 Writes ``WORK/localizer/`` (checkpoints ``sagittal.pt``/``axial.pt`` with their ``.json`` sidecars holding the
-architecture, ``localizer.json`` with the config and training log) and, when ``roi.train_centres`` is ``oof`` (or
-with ``--oof``), the out-of-fold coordinates of the training studies.
+architecture, ``localizer.json`` with the config and training log; a training set without Axial T2 series, such as
+SPIDER's sagittal-only studies, trains no axial network and says so in the log) and, when ``roi.train_centres``
+is ``oof`` (or with ``--oof``), the out-of-fold coordinates of the training studies.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                              out_of_fold=args.oof or config.roi.train_centres == "oof", force=args.force,
                              threads=args.threads)
     for kind in ("sagittal", "axial"):
-        losses = report[kind].pop("losses")
-        report[kind]["final_loss"] = round(losses[-1], 5)
+        if "losses" in report[kind]:  # absent for a network not trained (no data of its view)
+            report[kind]["final_loss"] = round(report[kind].pop("losses")[-1], 5)
     print(json.dumps(report))
     return 0

@@ -50,6 +50,12 @@ from radiospine.roi.localizer.unet import UNet
 
 log = logging.getLogger(__name__)
 
+#: The note of a point whose target the localiser was trained without (:attr:`Localizer.untrained`).
+UNTRAINED_NOTE = {
+    "foraminal": "the localiser was trained without foraminal points (no Sagittal T1 labels)",
+    "axial": "the localiser has no axial network (trained without Axial T2 series)",
+}
+
 #: Columns of the provenance table written beside the coordinates.
 PROVENANCE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "source",
                       "method", "peak", "note"]
@@ -214,9 +220,13 @@ def predict_study(localizer: Localizer, study: StudySeries, roi_config: RoiConfi
                              channel_of=lambda level: vocab.LEVELS.index(level), conditions=[vocab.SPINAL],
                              reference=None)
     canal_lps = {level: lps for (_, level), lps in canal.items()}
-    _sagittal_points(study, sagittal, vocab.SAGITTAL_T1, vocab.SAGITTAL_T2, config, records,
-                     channel_of=lambda level: 5 + vocab.LEVELS.index(level), conditions=list(FORAMINAL_CONDITIONS),
-                     reference=canal_lps)
+    if "foraminal" in localizer.untrained:
+        records.extend(_record(study.study_id, condition, level, "missing", "", note=UNTRAINED_NOTE["foraminal"])
+                       for condition in FORAMINAL_CONDITIONS for level in vocab.LEVELS)
+    else:
+        _sagittal_points(study, sagittal, vocab.SAGITTAL_T1, vocab.SAGITTAL_T2, config, records,
+                         channel_of=lambda level: 5 + vocab.LEVELS.index(level),
+                         conditions=list(FORAMINAL_CONDITIONS), reference=canal_lps)
     records.extend(_axial_points(localizer, study, canal_lps, roi_config))
     return records
 
@@ -300,9 +310,11 @@ def _axial_points(localizer: Localizer, study: StudySeries, canal: dict[str, np.
         records.extend(_record(study.study_id, condition, level, "missing", "", note=note)
                        for condition in AXIAL_CHANNELS)
 
-    if not axial or not canal:
+    if localizer.axial is None or not axial or not canal:
+        note = (UNTRAINED_NOTE["axial"] if localizer.axial is None else "no Axial T2 series" if not axial
+                else "no canal points to tie axial slices to levels")
         for level in vocab.LEVELS:
-            missing(level, "no Axial T2 series" if not axial else "no canal points to tie axial slices to levels")
+            missing(level, note)
         return records
     assignment = assign_axial_levels(study.study_id, canal, axial, max_distance_mm=roi_config.axial_max_distance_mm)
     chosen = chosen_slices(assignment)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radiospine import vocab
 from radiospine.config import LocalizerConfig
 from radiospine.device import deterministic_torch, resolve_device
 from radiospine.errors import DataError
@@ -137,15 +138,45 @@ def subarticular_offsets(stacks: Sequence[TrainingStack]) -> dict[str, list[floa
             for condition, values in offsets.items()}
 
 
+def untrained_targets(stacks: Sequence[TrainingStack]) -> list[str]:
+    """The localiser's targets that the training stacks hold no point of, in order: ``"foraminal"`` (no foraminal
+    point on any sagittal stack; the sagittal network's foraminal channels learn nothing) and ``"axial"`` (no axial
+    slab: the axial network is not trained). A data folder with only sagittal T2 series and canal points (SPIDER)
+    has both."""
+    untrained = []
+    if not any(stack.kind == "sagittal" and np.isfinite(stack.points_lps[len(vocab.LEVELS):]).any()
+               for stack in stacks):
+        untrained.append("foraminal")
+    if not any(stack.kind == "axial" for stack in stacks):
+        untrained.append("axial")
+    return untrained
+
+
 def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> tuple[Localizer, dict]:
-    """Train both networks; returns the localiser and a training log (losses and seconds per network)."""
+    """Train both networks; returns the localiser and a training log (losses and seconds per network).
+
+    Without axial training slabs (a data folder without Axial T2 series) the axial network is not trained: the
+    log says so under ``axial.skipped`` and the localiser's :attr:`~Localizer.untrained` names it, so inference
+    records the subarticular points as missing with the reason. Without sagittal training stacks there is
+    nothing to localise from (:class:`~radiospine.errors.DataError`).
+    """
     device = resolve_device(config.device, DEVICE_KEY)
-    report = {"device": str(device)}
-    nets = {}
+    untrained = untrained_targets(stacks)
+    report: dict = {"device": str(device), "untrained": untrained}
+    nets: dict[str, UNet | None] = {"axial": None}
     for kind, samples in (("sagittal", config.sagittal_slices_per_epoch), ("axial", config.axial_slices_per_epoch)):
+        if kind == "axial" and "axial" in untrained:
+            report[kind] = {"skipped": "no Axial T2 series with subarticular points among the training studies",
+                            "stacks": 0}
+            log.warning("axial localiser not trained: %s; subarticular points will be missing",
+                        report[kind]["skipped"])
+            continue
         started = time.perf_counter()
         with deterministic_torch(device):
             nets[kind], losses = fit_network(stacks, kind, config, device, samples)
         report[kind] = {"losses": losses, "seconds": round(time.perf_counter() - started, 1),
                         "stacks": sum(stack.kind == kind for stack in stacks)}
-    return Localizer(nets["sagittal"], nets["axial"], config, subarticular_offsets(stacks), device), report
+    if "foraminal" in untrained:
+        log.warning("no foraminal training points (no Sagittal T1 labels): foraminal points will be missing")
+    return Localizer(nets["sagittal"], nets["axial"], config, subarticular_offsets(stacks), device,
+                     tuple(untrained)), report

@@ -97,6 +97,25 @@ class RoiConfig(Section):
         return value
 
 
+class LocalizerAugment(Section):
+    """The localiser's training augmentation (:func:`radiospine.roi.localizer.training.augment`), per sample.
+
+    The geometric draws move the image and its targets alike; the intensity draws act on the image only. The
+    defaults are the augmentation the RSNA figures were measured with; ``bias_field``, ``intensity_curve`` and
+    ``blur_mm`` (0: off) bring training closer to real scanners (configs/bench_real.yaml).
+    """
+
+    rotation_deg: NonNegativeFloat = 15.0
+    scale: float = Field(default=0.12, ge=0.0, lt=1.0)
+    shift: float = Field(default=0.1, ge=0.0, le=1.0)
+    gamma: NonNegativeFloat = 0.35
+    contrast: float = Field(default=0.15, ge=0.0, lt=1.0)
+    noise_sd: NonNegativeFloat = 0.02
+    bias_field: NonNegativeFloat = 0.0
+    intensity_curve: float = Field(default=0.0, ge=0.0, le=1.0)
+    blur_mm: NonNegativeFloat = 0.0
+
+
 class LocalizerConfig(Section):
     """The level localiser (:mod:`radiospine.roi.localizer`): input grids, model size, training."""
 
@@ -118,6 +137,7 @@ class LocalizerConfig(Section):
     folds: int = Field(default=5, ge=2)
     min_peak: float = Field(default=0.1, gt=0.0, lt=1.0)
     foramen_min_offset_mm: NonNegativeFloat = 6.0
+    augment: LocalizerAugment = LocalizerAugment()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from radiospine.config import LocalizerConfig
+from radiospine.config import LocalizerAugment, LocalizerConfig
 from radiospine.errors import CheckpointError
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
@@ -24,6 +24,7 @@ from radiospine.roi.localizer.grids import (
 )
 from radiospine.roi.localizer.inference import _interpolate_levels, lateral_offsets_mm, point_on_stack
 from radiospine.roi.localizer.model import Localizer, load_localizer, save_localizer
+from radiospine.roi.localizer.training import augment
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
 
@@ -178,3 +179,64 @@ def test_evaluation_summary_is_strict_json_when_a_figure_is_undefined() -> None:
          "same_instance_share", "wrong_level_share"))}
     assert summary["subarticular_stenosis"]["found_share"] == 0.0
     assert summary["subarticular_stenosis"]["error_mm_median"] is None
+
+
+#: Every augmentation on, strongly (noise and the transfer curve off where a test finds the spot by brightness).
+STRONG = LocalizerAugment(rotation_deg=30, scale=0.3, shift=0.3, gamma=0.5, contrast=0.3, noise_sd=0.0,
+                          bias_field=0.5, intensity_curve=0.0, blur_mm=3.0)
+
+
+def _spots(size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """A batch of 8 dark images ``(8, 3, size, size)``, each with one bright Gaussian spot, and targets ``(8, 2,
+    size, size)`` with the same spot in channel 0; the spots' (row, col)."""
+    rng = np.random.default_rng(0)
+    index = np.arange(size)
+    x, y, centres = [], [], []
+    for _ in range(8):
+        row, col = rng.integers(size // 4, 3 * size // 4, size=2)
+        spot = np.exp(-((index[:, None] - row) ** 2 + (index[None, :] - col) ** 2) / (2 * 2.0**2))
+        x.append(np.stack([0.1 + 0.8 * spot] * 3))
+        y.append(np.stack([spot, np.zeros_like(spot)]))
+        centres.append((int(row), int(col)))
+    return torch.tensor(np.array(x), dtype=torch.float32), torch.tensor(np.array(y), dtype=torch.float32), centres
+
+
+def _peak(image: np.ndarray) -> np.ndarray:
+    return np.array(np.unravel_index(int(np.argmax(image)), image.shape))
+
+
+@pytest.mark.parametrize("kind", ["sagittal", "axial"])
+def test_augmentation_moves_the_targets_with_the_image(kind):
+    x, y, centres = _spots()
+    out_x, out_y = augment(x, y, kind, torch.Generator().manual_seed(1), STRONG, pixel_mm=1.0)
+    moved = 0
+    for i, centre in enumerate(centres):
+        target = out_y[i].sum(0).numpy()  # an axial mirror moves the point to the other side's channel
+        assert target.max() > 0.5
+        image_peak, target_peak = _peak(out_x[i, 1].numpy()), _peak(target)
+        assert np.abs(image_peak - target_peak).max() <= 1
+        moved += int(np.abs(target_peak - np.array(centre)).max() > 2)
+    assert moved >= 6  # the draws did move the spots
+
+
+def test_intensity_augmentations_act_on_the_image_only():
+    x, y, _ = _spots()
+    plain = LocalizerAugment(gamma=0, contrast=0, noise_sd=0)
+    real_mri = plain.model_copy(update=dict(bias_field=0.5, intensity_curve=1.0, blur_mm=3.0, noise_sd=0.05))
+    x0, y0 = augment(x, y, "sagittal", torch.Generator().manual_seed(2), plain, pixel_mm=1.0)
+    x1, y1 = augment(x, y, "sagittal", torch.Generator().manual_seed(2), real_mri, pixel_mm=1.0)
+    assert torch.equal(y0, y1)  # the geometric draws come first, so the same generator moves both alike
+    assert not torch.allclose(x0, x1)
+    assert bool(torch.isfinite(x1).all())
+
+
+def test_a_random_transfer_curve_can_reorder_tissue_brightness():
+    x = torch.linspace(0, 1, 101).view(1, 1, 1, 101).repeat(16, 1, 1, 1)
+    y = torch.zeros(16, 1, 1, 101)
+    settings = LocalizerAugment(rotation_deg=0, scale=0, shift=0, gamma=0, contrast=0, noise_sd=0,
+                                intensity_curve=1.0)
+    out, _ = augment(x, y, "sagittal", torch.Generator().manual_seed(3), settings, pixel_mm=1.0)
+    out = out[:, 0, 0, 10:91]  # away from the resampled border
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    increasing = (out.diff(dim=1) >= -1e-6).all(dim=1)
+    assert not bool(increasing.all())  # some curves are not monotone: bright and dark tissue can swap

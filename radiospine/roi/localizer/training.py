@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from radiospine import vocab
-from radiospine.config import LocalizerConfig
+from radiospine.config import LocalizerAugment, LocalizerConfig
 from radiospine.device import deterministic_torch, resolve_device
 from radiospine.errors import DataError
 from radiospine.geometry import patient_to_voxel, pixel_spacing
@@ -23,19 +23,28 @@ from radiospine.roi.localizer.unet import UNet, UNetSpec
 log = logging.getLogger(__name__)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, kind: Kind, generator: torch.Generator) -> tuple[torch.Tensor,
-                                                                                               torch.Tensor]:
-    """Random rotation, scale, shift (and for axial slices a left-right mirror with the side channels swapped)
-    applied alike to inputs ``(b, c_in, h, w)`` and targets ``(b, c_out, h, w)``; then random gamma, contrast and
-    noise on the inputs."""
+def augment(x: torch.Tensor, y: torch.Tensor, kind: Kind, generator: torch.Generator, settings: LocalizerAugment,
+            pixel_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch of grid inputs ``(b, c_in, h, w)`` (intensities in ``[0, 1]``) and targets ``(b, c_out, h,
+    w)``, each sample with its own draws (``settings``, :class:`~radiospine.config.LocalizerAugment`).
+
+    Geometry, applied alike to inputs and targets (one affine resampling, so the points move with the image):
+    rotation, scale, shift, and for axial slices a left-right mirror with the side channels swapped. Intensity,
+    on the inputs only, in this order: a random transfer curve (``intensity_curve`` of the samples: 5 knots
+    drawn uniform in ``[0, 1]`` and joined linearly, so tissues can change their order of brightness as between
+    sequences and scanners), a smooth multiplicative bias field (``exp`` of a random 4 x 4 grid in
+    ``[-bias_field, bias_field]`` upsampled bicubically), a Gaussian blur of sigma up to ``blur_mm`` (``pixel_mm``
+    per grid pixel), then gamma, contrast and additive noise. A setting of 0 draws nothing, so the default
+    settings give the same batches as before they existed.
+    """
     b = x.shape[0]
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator) * 2 - 1
 
-    angle = uniform(b) * (np.pi / 12)
-    scale = 1 + uniform(b) * 0.12
-    shift = uniform(b, 2) * 0.1
+    angle = uniform(b) * np.deg2rad(settings.rotation_deg)
+    scale = 1 + uniform(b) * settings.scale
+    shift = uniform(b, 2) * settings.shift
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / scale, -torch.sin(angle) / scale
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / scale, torch.cos(angle) / scale
@@ -51,10 +60,52 @@ def augment(x: torch.Tensor, y: torch.Tensor, kind: Kind, generator: torch.Gener
                       padding_mode="zeros", align_corners=False)
     if flip.any():
         y[flip.to(y.device)] = y[flip.to(y.device)].flip(1)  # the mirrored left point is the right one
-    gamma = torch.exp(uniform(b) * 0.35).view(b, 1, 1, 1).to(x.device)
-    contrast = (1 + uniform(b) * 0.15).view(b, 1, 1, 1).to(x.device)
-    noise = torch.randn(x.shape, generator=generator).to(x.device) * 0.02
+    x = x.clamp(0, 1)
+    if settings.intensity_curve > 0:
+        x = _random_curve(x, torch.rand(b, generator=generator) < settings.intensity_curve, generator)
+    if settings.bias_field > 0:
+        coarse = (uniform(b, 1, 4, 4) * settings.bias_field).to(x.device)
+        x = x * torch.exp(F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True))
+    if settings.blur_mm > 0:
+        x = _random_blur(x, torch.rand(b, generator=generator) * settings.blur_mm / pixel_mm)
+    gamma = torch.exp(uniform(b) * settings.gamma).view(b, 1, 1, 1).to(x.device)
+    contrast = (1 + uniform(b) * settings.contrast).view(b, 1, 1, 1).to(x.device)
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * settings.noise_sd
     return (x.clamp(0, 1) ** gamma * contrast + noise), y
+
+
+def _random_curve(x: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator, knots: int = 5) -> torch.Tensor:
+    """``(b, c, h, w)`` intensities in ``[0, 1]`` of the ``chosen`` samples through a random piecewise-linear curve
+    (``knots`` values drawn uniform in ``[0, 1]`` at equal steps; the same curve for a sample's channels)."""
+    values = torch.rand(x.shape[0], knots, generator=generator).to(x.device)
+    position = x * (knots - 1)
+    low = position.floor().clamp(max=knots - 2).long()
+    fraction = position - low
+    flat_low = low.reshape(x.shape[0], -1)
+    start = torch.gather(values, 1, flat_low).view_as(x)
+    stop = torch.gather(values, 1, flat_low + 1).view_as(x)
+    curved = start + (stop - start) * fraction
+    return torch.where(chosen.to(x.device).view(-1, 1, 1, 1), curved, x)
+
+
+def _random_blur(x: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """``(b, c, h, w)`` each sample blurred by a Gaussian of its own ``sigma_px`` (pixels; below 0.3 unchanged)."""
+    out = x.clone()
+    for i, sigma in enumerate(sigma_px.tolist()):
+        if sigma < 0.3:
+            continue
+        radius = int(np.ceil(3 * sigma))
+        offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        channels = x.shape[1]
+        sample = x[i:i + 1]
+        sample = F.conv2d(F.pad(sample, (radius, radius, 0, 0), mode="replicate"),
+                          kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+        sample = F.conv2d(F.pad(sample, (0, 0, radius, radius), mode="replicate"),
+                          kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+        out[i:i + 1] = sample
+    return out
 
 
 def heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,6 +129,7 @@ def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerCo
         raise DataError(f"no {kind} training slices: the training studies have no readable series with labels")
     n_out = len(SAGITTAL_CHANNELS) if kind == "sagittal" else len(AXIAL_CHANNELS)
     size = stacks[0].images.shape[1]
+    pixel_mm = config.sagittal_grid_mm if kind == "sagittal" else config.axial_grid_mm
     spec = UNetSpec(in_channels=2 * config.neighbour_slices + 1, out_channels=n_out,
                     base_channels=config.base_channels, depth=config.depth)
     torch.manual_seed(config.seed)
@@ -105,7 +157,7 @@ def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerCo
             y = torch.from_numpy(np.stack([
                 heatmap_targets(stacks[i].grid, k, size, stacks[i].points_lps, config.sigma_mm,
                                 config.sigma_normal_mm) for i, k in batch])).to(device)
-            x, y = augment(x, y, kind, generator)
+            x, y = augment(x, y, kind, generator, config.augment, pixel_mm)
             loss = heatmap_loss(net(x), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

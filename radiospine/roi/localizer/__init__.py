@@ -43,7 +43,10 @@ Shape (the winning one of the competition, written small)
    ``missing``.
 
 Training uses a quality focal loss (:func:`~radiospine.roi.localizer.training.heatmap_loss`), random rotation /
-scale / shift / intensity augmentation and, for axial slices, left-right mirroring with the side channels swapped.
+scale / shift / intensity augmentation (``localizer.augment``: optionally random transfer curves, bias fields and
+blur, for real scanners) and, for axial slices, left-right mirroring with the side channels swapped. Training
+data without axial series or without foraminal points (sagittal-only studies such as SPIDER's) trains only what
+it has: the localiser records the rest as ``untrained`` and inference leaves those points ``missing``, saying why.
 
 The two networks are saved as checkpoints of :mod:`radiospine.checkpoint` (weights + a JSON sidecar with the
 architecture and the weights' hash, checked on loading) beside ``localizer.json`` (config, offsets, training

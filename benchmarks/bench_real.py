@@ -1,15 +1,17 @@
 """`make bench-real`: the level localiser on real MRI (SPIDER), trained on SPIDER folds and on synthetic studies.
 
     python -m benchmarks.bench_real [--real ../shared/realdata/spider] [--work bench_real] [--out reports]
-                                    [--folds 5] [--synth-studies 16] [--config FILE] [--set key=value ...]
+                                    [--folds 5] [--synth-studies 16] [--jobs 1] [--config FILE] [--set key=value ...]
 
-Steps, each timed (wall seconds, ``times`` in the JSON):
+Steps, each timed (wall seconds, ``times`` in the JSON; each training task's own seconds in ``task_timings``).
+The K fold localisers and the synthetic one are independent tasks, run in ``--jobs`` processes:
 
 =================  ==============================================================================================
 import             ``REAL/volumes`` (+ ``REAL/radiological_gradings.csv``) -> ``WORK/data`` with
                    :func:`radiospine.volume_import.import_volumes`: one Sagittal T2 series per patient and the canal
                    point of each RSNA level derived from the masks (the truth of every table)
-prepare            the localiser's sagittal training stacks of every patient (read once, shared by the folds)
+prepare            the localiser's sagittal training stacks of every patient (read once, shared by the folds), and
+                   of the synthetic studies
 spider folds       patient-grouped K-fold cross-validation (one study per patient, ``KFold`` shuffled with
                    ``localizer.seed``): per fold the localiser is trained on K-1 folds and localises the held-out
                    patients; their canal points are compared with the mask-derived ones
@@ -33,8 +35,10 @@ import argparse
 import datetime
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -112,21 +116,29 @@ def aims_met(figures: dict[str, Any], aims: dict[str, float]) -> dict[str, bool 
     return {name: None if figures[name] is None else bool(figures[name] <= limit) for name, limit in aims.items()}
 
 
-def run_spider_folds(catalog: Catalog, truth: pd.DataFrame, stacks: dict[int, list[TrainingStack]],
-                     folds: list[list[int]], config: RadiospineConfig, threads: int) -> tuple[pd.DataFrame, dict]:
-    """Train on K-1 folds, localise the held-out fold, for every fold: the out-of-fold provenance and timings."""
-    tables, timings = [], []
-    for number, held_out in enumerate(folds, 1):
-        training = [s for sid, study_stacks in stacks.items() if sid not in held_out for s in study_stacks]
-        started = time.perf_counter()
-        with thread_budget(threads):
-            localizer, _ = fit_localizer(training, config.localizer)
-            trained = time.perf_counter()
-            tables.append(predict_studies(localizer, catalog, held_out, config.roi))
-        timings.append({"fold": number, "train_seconds": round(trained - started, 1),
-                        "localize_seconds": round(time.perf_counter() - trained, 1), "held_out": len(held_out)})
-        log.info("SPIDER fold %d/%d: trained in %.0f s", number, len(folds), trained - started)
-    return pd.concat(tables, ignore_index=True), {"folds": timings}
+def fit_and_localise(training: list[TrainingStack], data_dir: Path, study_ids: list[int], config: RadiospineConfig,
+                     threads: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Train a localiser on ``training`` and localise ``study_ids`` of ``data_dir``'s training split: the
+    provenance table and the seconds of each part (one task: a fold, or the synthetic localiser)."""
+    catalog = scan(data_dir, "train")
+    started = time.perf_counter()
+    with thread_budget(threads):
+        localizer, _ = fit_localizer(training, config.localizer)
+        trained = time.perf_counter()
+        provenance = predict_studies(localizer, catalog, study_ids, config.roi)
+    return provenance, {"train_seconds": round(trained - started, 1),
+                        "localize_seconds": round(time.perf_counter() - trained, 1), "studies": len(study_ids)}
+
+
+def run_tasks(tasks: dict[str, tuple], jobs: int) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+    """:func:`fit_and_localise` of each task's arguments, in ``jobs`` processes (one process: in this one).
+
+    Every task seeds its own generators from the config, so the results do not depend on ``jobs``."""
+    if jobs <= 1:
+        return {name: fit_and_localise(*arguments) for name, arguments in tasks.items()}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {name: pool.submit(fit_and_localise, *arguments) for name, arguments in tasks.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def ensure_synthetic(folder: Path, studies: int, config: RadiospineConfig, jobs: int) -> float | None:
@@ -210,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--synth-studies", type=int, default=16)
-    parser.add_argument("--jobs", type=int, default=1, help="processes generating the synthetic studies")
+    parser.add_argument("--jobs", type=int, default=1, help="processes: the folds and the synthetic localiser are "
+                                                            "trained in parallel; the generator's processes")
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads of the localiser")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -237,22 +250,25 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
     stacks = sagittal_training_stacks(catalog, truth, config)
     times["prepare (SPIDER training stacks)"] = round(time.perf_counter() - started, 1)
     held_out = patient_folds(list(stacks), folds, config.localizer.seed)
-    started = time.perf_counter()
-    fold_provenance, fold_timings = run_spider_folds(catalog, truth, stacks, held_out, config, threads)
-    times["SPIDER folds (train + localise)"] = round(time.perf_counter() - started, 1)
-    fold_table, fold_evaluation = table(catalog, fold_provenance, truth)
 
     times["synth"] = ensure_synthetic(work / "synth", synth_studies, config, jobs)
-    synthetic_catalog = scan(work / "synth", "train")
-    synthetic_coords = load_label_coordinates(work / "synth" / "train_label_coordinates.csv")
     started = time.perf_counter()
-    synthetic_stacks = sagittal_training_stacks(synthetic_catalog, synthetic_coords, config)
-    with thread_budget(threads):
-        synthetic_localizer, _ = fit_localizer([s for v in synthetic_stacks.values() for s in v], config.localizer)
-        times["synthetic localiser (prepare + train)"] = round(time.perf_counter() - started, 1)
-        started = time.perf_counter()
-        synthetic_provenance = predict_studies(synthetic_localizer, catalog, sorted(stacks), config.roi)
-    times["synthetic localiser: localise SPIDER"] = round(time.perf_counter() - started, 1)
+    synthetic_stacks = sagittal_training_stacks(scan(work / "synth", "train"),
+                                                load_label_coordinates(work / "synth" / "train_label_coordinates.csv"),
+                                                config)
+    times["prepare (synthetic training stacks)"] = round(time.perf_counter() - started, 1)
+
+    tasks = {f"fold {number}": ([s for sid, study_stacks in stacks.items() if sid not in fold for s in study_stacks],
+                                data_dir, fold, config, threads) for number, fold in enumerate(held_out, 1)}
+    tasks["synthetic"] = ([s for study_stacks in synthetic_stacks.values() for s in study_stacks], data_dir,
+                          sorted(stacks), config, threads)
+    started = time.perf_counter()
+    results = run_tasks(tasks, jobs)
+    times[f"train + localise ({len(held_out)} folds and the synthetic localiser, {jobs} processes)"] = round(
+        time.perf_counter() - started, 1)
+    fold_provenance = pd.concat([results[f"fold {n}"][0] for n in range(1, len(held_out) + 1)], ignore_index=True)
+    synthetic_provenance = results["synthetic"][0]
+    fold_table, fold_evaluation = table(catalog, fold_provenance, truth)
     synthetic_table, synthetic_evaluation = table(catalog, synthetic_provenance, truth)
 
     started = time.perf_counter()
@@ -273,8 +289,8 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
         "patients": len(stacks), "folds": len(held_out), "synthetic_studies": len(synthetic_stacks),
         "localizer_config_hash": config_hash(config.localizer), "localizer_config": config.localizer.model_dump(),
         "tables": tables, "aims": {key: aims_met(tables[key], AIMS[key]) for key in AIMS},
-        "times": times, "fold_timings": fold_timings, "held_out": held_out, "picture": {
-            "file": PICTURE, "study_id": picture_study}, "grading": grades,
+        "times": times, "task_timings": {name: timing for name, (_, timing) in results.items()},
+        "held_out": held_out, "picture": {"file": PICTURE, "study_id": picture_study}, "grading": grades,
         "per_patient_median_error_mm": {"spider_folds": per_patient(fold_evaluation),
                                         "synthetic": per_patient(synthetic_evaluation)},
     }

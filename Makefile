@@ -109,6 +109,8 @@ BENCH_REAL_ARGS ?=
 bench-real: $(STAMP)
 	$(PY) -m benchmarks.bench_real --real $(REAL_DATA) --work $(BENCH_REAL_WORK) --config $(BENCH_REAL_CONFIG) \
 		$(BENCH_REAL_ARGS)
+	$(PY) -m benchmarks.real_grading --volumes $(REAL_DATA)/volumes --gradings $(REAL_DATA)/radiological_gradings.csv \
+		--data $(BENCH_REAL_WORK)/spider_data --work $(BENCH_REAL_WORK)/spider_work --jobs $(JOBS) --out reports/real_grading
 
 clean:
 	rm -rf demo build dist *.egg-info .pytest_cache

@@ -18,7 +18,6 @@ spider folds       patient-grouped K-fold cross-validation (one study per patien
 synth              ``radiospine synth`` (``--synth-studies`` training studies, ``synth`` section of the config)
                    into ``WORK/synth`` when it holds no data set yet (else reused and not timed)
 synthetic          the localiser trained on the synthetic studies only, applied to every SPIDER patient
-grading            the hook of the grading table (:func:`grading_table`): ``None`` until it is wired
 picture            ``OUT/bench_real_points.png``: derived and predicted points on one patient's slice
 =================  ==============================================================================================
 
@@ -27,6 +26,8 @@ trained, :func:`radiospine.roi.localizer.training.fit_localizer`). The figures (
 evaluated (:func:`radiospine.roi.localizer.evaluation.evaluate_points`), the share found, the 3D error in mm
 (median, 95th percentile) and the share of found points closer to another level's derived point than to their
 own (wrong level). Results go to ``OUT/bench_real.json`` and ``OUT/bench_real.md``, with the aims of issue 16.
+The benchmark's grading table (the spider task out of fold) is :mod:`benchmarks.real_grading`, which
+``make bench-real`` runs after this module.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,6 @@ FIGURES = ("points", "found_share", "error_mm_median", "error_mm_p95", "in_plane
            "wrong_level_share")
 #: The picture of derived and predicted points.
 PICTURE = "bench_real_points.png"
-
-#: A grading table: (SPIDER data folder, the folds as held-out study id lists, config) -> its JSON figures.
-GradingTable = Callable[[Path, list[list[int]], RadiospineConfig], dict[str, Any]]
-
-
-def grading_table(data_dir: Path, folds: list[list[int]], config: RadiospineConfig) -> dict[str, Any] | None:
-    """The grading table of issue 16 part 4 (out-of-fold per target, on the same folds): the hook where
-    ``benchmarks.real_grading`` goes. Returns None while it is not wired, and the report says so."""
-    return None
-
 
 def patient_folds(study_ids: Sequence[int], folds: int, seed: int) -> list[list[int]]:
     """The held-out study ids of each fold: ``KFold`` over the patients (one study each), shuffled by ``seed``."""
@@ -191,7 +182,7 @@ def _cell(value: Any) -> str:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """The results as Markdown: the two localiser tables with their aims, the times, the grading hook."""
+    """The results as Markdown: the two localiser tables with their aims, and the times."""
     lines = [f"# Real MRI benchmark (SPIDER, {result['patients']} patients)", "",
              f"Run {result['finished_at']}; {result['folds']}-fold patient-grouped cross-validation; localiser "
              f"config hash `{result['localizer_config_hash']}`.", "",
@@ -209,8 +200,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                          f"{_cell(result['tables'][key][figure])} | {_cell(result['aims'][key][figure])} |")
     lines += ["", "| step | seconds |", "| --- | --- |"]
     lines += [f"| {step} | {_cell(seconds)} |" for step, seconds in result["times"].items()]
-    lines += ["", "Grading: " + ("not wired (benchmarks/bench_real.py, `grading_table`)" if result["grading"] is None
-                                 else "see `grading` in bench_real.json"), ""]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -230,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_arguments(args)
     result = run(args.real, args.work, args.out, config, folds=args.folds, synth_studies=args.synth_studies,
-                 jobs=args.jobs, threads=args.threads, grading=grading_table)
+                 jobs=args.jobs, threads=args.threads)
     print(json.dumps({"tables": result["tables"], "aims": result["aims"], "times": result["times"]}))
     return 0
 
 
 def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: int, synth_studies: int,
-        jobs: int = 1, threads: int = 1, grading: GradingTable = grading_table) -> dict[str, Any]:
+        jobs: int = 1, threads: int = 1) -> dict[str, Any]:
     """Every step of the module docstring; writes ``out/bench_real.json``, ``.md`` and the picture."""
     times: dict[str, float | None] = {}
     started = time.perf_counter()
@@ -271,10 +261,6 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
     fold_table, fold_evaluation = table(catalog, fold_provenance, truth)
     synthetic_table, synthetic_evaluation = table(catalog, synthetic_provenance, truth)
 
-    started = time.perf_counter()
-    grades = grading(data_dir, held_out, config)
-    times["grading"] = round(time.perf_counter() - started, 1) if grades is not None else None
-
     errors = pd.Series(per_patient(fold_evaluation)).sort_values()
     picture_study = int(errors.index[len(errors) // 2])
     started = time.perf_counter()
@@ -290,7 +276,7 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
         "localizer_config_hash": config_hash(config.localizer), "localizer_config": config.localizer.model_dump(),
         "tables": tables, "aims": {key: aims_met(tables[key], AIMS[key]) for key in AIMS},
         "times": times, "task_timings": {name: timing for name, (_, timing) in results.items()},
-        "held_out": held_out, "picture": {"file": PICTURE, "study_id": picture_study}, "grading": grades,
+        "held_out": held_out, "picture": {"file": PICTURE, "study_id": picture_study},
         "per_patient_median_error_mm": {"spider_folds": per_patient(fold_evaluation),
                                         "synthetic": per_patient(synthetic_evaluation)},
     }

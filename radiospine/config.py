@@ -219,7 +219,7 @@ class RadiomicsConfig(Section):
 
 
 class CnnConfig(Section):
-    """The 2.5D CNN embedding (:mod:`radiospine.features.cnn`)."""
+    """The 2.5D CNN and its severity probabilities (:mod:`radiospine.features.cnn`)."""
 
     enabled: bool = True
     checkpoint: str | None = None
@@ -232,6 +232,7 @@ class CnnConfig(Section):
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 2e-3
     weight_decay: NonNegativeFloat = 1e-4
+    augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 

@@ -26,7 +26,14 @@ from models_synthetic import make_feature_table
 
 from radiospine import vocab
 from radiospine.artifacts import library_versions
-from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, feature_column, is_status_column, parse_column
+from radiospine.features.columns import (
+    CNN_PROBABILITY_FEATURES,
+    LEVEL_FEATURE,
+    SIDE_FEATURE,
+    feature_column,
+    is_status_column,
+    parse_column,
+)
 from radiospine.models import cv
 from radiospine.models.ordinal import OrdinalGBMClassifier
 from radiospine.report.inputs import ConditionExplanation, ReportInputs, Thumbnail
@@ -43,14 +50,14 @@ _MEASURES = (("firstorder", "Mean"), ("glcm", "Contrast"), ("glcm", "JointEntrop
 
 def realistic_feature_names(n_radiomics: int, n_cnn: int) -> list[str]:
     """``n_radiomics`` radiomics names (views x filters x classes, then their ``mean25d_`` slice means) and
-    ``n_cnn`` CNN embedding names, as the feature stage writes them."""
+    ``n_cnn`` (at most 9) CNN probability names, as the feature stage writes them."""
     radiomics = [feature_column("radiomics", view, f"{prefix}{image_filter}_{cls}_{measure}")
                  for prefix in ("", "mean25d_")
                  for image_filter, (cls, measure), view in itertools.product(
                      _FILTERS, _MEASURES, _VIEWS)]
     if n_radiomics > len(radiomics):
         raise ValueError(f"at most {len(radiomics)} synthetic radiomics names, {n_radiomics} asked for")
-    cnn = [feature_column("cnn", _VIEWS[j % 3], f"emb_{j // 3:03d}") for j in range(n_cnn)]
+    cnn = [feature_column("cnn", view, name) for view in _VIEWS for name in CNN_PROBABILITY_FEATURES][:n_cnn]
     return radiomics[:n_radiomics] + cnn
 
 
@@ -99,12 +106,13 @@ def synthetic_report_inputs(
     n_estimators: int = 40,
     seed: int = 0,
 ) -> ReportInputs:
-    """Report inputs for ``n_studies`` synthetic studies with ``n_features`` features per row (half radiomics,
-    half CNN); see the module docstring. ``thumbnail_views``: thumbnails per row."""
+    """Report inputs for ``n_studies`` synthetic studies with ``n_features`` features per row (radiomics,
+    and up to 9 CNN probabilities); see the module docstring. ``thumbnail_views``: thumbnails per row."""
     table = make_feature_table(n_studies, n_features, class_fractions=(0.6, 0.25, 0.15), seed=seed)
     old_names = [c for c in table.features.columns if c not in vocab.KEY_COLUMNS and not is_status_column(c)]
-    n_radiomics = sum(parse_column(name).extractor == "radiomics" for name in old_names)
-    new_names = realistic_feature_names(n_radiomics, len(old_names) - n_radiomics)
+    n_cnn = min(sum(parse_column(name).extractor == "cnn" for name in old_names),
+                len(_VIEWS) * len(CNN_PROBABILITY_FEATURES))
+    new_names = realistic_feature_names(len(old_names) - n_cnn, n_cnn)
     if hostile is not None:
         new_names[-1] = feature_column("radiomics", "axial_t2", f"original_firstorder_{hostile}")
     features = table.features.rename(columns=dict(zip(old_names, new_names)))

@@ -90,7 +90,7 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     assert list(table.columns[:3]) == ["study_id", "condition", "level"]
     assert "radiomics__sagittal_t2__original_glcm_Contrast" in table.columns
     assert "radiomics__axial_t2__mean25d_log-sigma-1-0-mm-3D_firstorder_Variance" in table.columns
-    assert "cnn__sagittal_t1__emb_003" in table.columns
+    assert "cnn__sagittal_t1__prob_severe" in table.columns
 
     by_key = table.set_index(["study_id", "condition", "level"])
     ok = by_key.loc[(11, vocab.SPINAL, "l5_s1")]
@@ -98,12 +98,12 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     assert np.isfinite(ok["radiomics__sagittal_t2__original_firstorder_Mean"])
     assert np.isfinite(ok["radiomics__axial_t2__original_firstorder_Mean"])
     assert np.isnan(ok["radiomics__sagittal_t1__original_firstorder_Mean"])  # the canal has no T1 crop
-    assert np.isfinite(by_key.loc[(11, "left_neural_foraminal_narrowing", "l5_s1"), "cnn__sagittal_t1__emb_000"])
+    assert np.isfinite(by_key.loc[(11, "left_neural_foraminal_narrowing", "l5_s1"), "cnn__sagittal_t1__prob_severe"])
 
     mixed = by_key.loc[(12, vocab.SPINAL, "l5_s1")]
     assert mixed["radiomics__status"] == ("axial_t2: ValueError: constant intensity inside the mask (no texture to "
                                           "describe); sagittal_t2: ok")
-    assert mixed["cnn__status"] == "axial_t2: constant image (nothing to embed); sagittal_t2: ok"
+    assert mixed["cnn__status"] == "axial_t2: constant image (nothing to describe); sagittal_t2: ok"
     assert np.isnan(mixed["radiomics__axial_t2__original_firstorder_Mean"])
     assert np.isfinite(mixed["radiomics__sagittal_t2__original_firstorder_Mean"])
 
@@ -114,7 +114,7 @@ def test_keys_are_unique_and_complete_and_failures_are_recorded(tmp_path: Path) 
     failed = table[table["study_id"] == 13]
     assert (failed["radiomics__status"] == "ROI crops failed: FileNotFoundError: study 13: no Sagittal T2/STIR "
             "series").all()
-    assert failed.filter(like="__emb_").isna().all().all()
+    assert failed.filter(like="__prob_").isna().all().all()
 
     # Nothing is silently NaN: a feature is NaN only where its extractor's status says why.
     for extractor in ("radiomics", "cnn"):

@@ -55,7 +55,7 @@ def test_features_stage_on_both_splits(data: Path, tmp_path: Path, capsys) -> No
     assert (table["radiomics__status"] == "ok").mean() > 0.8 and (table["cnn__status"] == "ok").mean() > 0.8
     canal = table[table.condition == vocab.SPINAL]
     assert canal["radiomics__sagittal_t2__original_glcm_Contrast"].notna().all()
-    assert canal["cnn__axial_t2__emb_000"].notna().mean() > 0.5  # the canal on axial slices too
+    assert canal["cnn__axial_t2__prob_severe"].notna().mean() > 0.5  # the canal on axial slices too
     manifest = json.loads((work / "features" / "train" / "_manifest.json").read_text())
     assert {"catalog", "roi_centres", "roi_config", "extractor:radiomics", "extractor:cnn"} <= set(manifest["inputs"])
     oof = json.loads((work / "features" / "train" / "_cnn" / "oof.json").read_text())
@@ -74,7 +74,7 @@ def test_features_stage_on_both_splits(data: Path, tmp_path: Path, capsys) -> No
     assert features(data, work, "test") == 0
     test_table = pd.read_parquet(work / "features" / "test")
     assert len(test_table) == 25 and list(test_table.columns) == list(table.columns)
-    assert (test_table["cnn__status"] == "ok").mean() > 0.8  # embedded by the train split's full model
+    assert (test_table["cnn__status"] == "ok").mean() > 0.8  # described by the train split's full model
 
     assert features(data, tmp_path / "other", "test", "--set", "features.cnn.checkpoint=/nonexistent/cnn.pt") == 2
     assert "/nonexistent/cnn.pt" in capsys.readouterr().err

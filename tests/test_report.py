@@ -188,7 +188,7 @@ def test_tree_shap_values_add_up_to_the_raw_margin(backend, cls):
 
 
 def _explanation(shap_rows, feature_names=("radiomics__sagittal_t2__original_glcm_Contrast",
-                                           "cnn__axial_t2__emb_001", "key__level")):
+                                           "cnn__axial_t2__prob_severe", "key__level")):
     shap = np.asarray(shap_rows, dtype=float)
     keys = pd.DataFrame({"study_id": np.arange(len(shap)) + 1, "condition": vocab.SPINAL, "level": "l4_l5"})
     values = np.arange(shap.size, dtype=float).reshape(shap.shape)
@@ -204,7 +204,8 @@ def test_the_plain_language_line_names_the_largest_push():
     assert line == ("L4/L5 spinal canal stenosis: Moderate 0.62, Severe 0.21; the largest push towards Severe: "
                     "radiomics, Sagittal T2/STIR: original glcm Contrast (+0.41)")
     line = summaries.plain_language(vocab.SPINAL, "l4_l5", np.array([0.9, 0.08, 0.02]), (explanation, 1, output))
-    assert line.endswith("no feature pushes towards Severe, the largest push away: cnn, Axial T2: emb 001 (-0.30)")
+    assert line.endswith("no feature pushes towards Severe, the largest push away: CNN probability of Severe, "
+                         "Axial T2 crop (-0.30)")
     assert summaries.plain_language(vocab.SPINAL, "l1_l2", np.array([0.9, 0.08, 0.02]), None).endswith(
         "no SHAP values for this row")
 
@@ -238,7 +239,13 @@ def test_family_importance_sums_shap_within_a_family():
      "original", "radiomics, Sagittal T1: original shape2D Elongation"),
     ("radiomics__axial_t2__n_slices", "radiomics", "axial_t2", "radiomics/slices used", "none",
      "radiomics, Axial T2: slices in the 2.5D mean"),
-    ("cnn__axial_t2__emb_007", "cnn", "axial_t2", "cnn embedding", "none", "cnn, Axial T2: emb 007"),
+    ("cnn__sagittal_t1__prob_severe", "cnn", "sagittal_t1", "cnn probability", "none",
+     "CNN probability of Severe, Sagittal T1 crop"),
+    ("cnn__axial_t2__prob_normal_mild", "cnn", "axial_t2", "cnn probability", "none",
+     "CNN probability of Normal/Mild, Axial T2 crop"),
+    ("cnn__sagittal_t2__prob_moderate", "cnn", "sagittal_t2", "cnn probability", "none",
+     "CNN probability of Moderate, Sagittal T2/STIR crop"),
+    ("cnn__axial_t2__other_name", "cnn", "axial_t2", "cnn", "none", "cnn, Axial T2: other_name"),
     ("key__level", "key", None, "level and side", "none", "level (0 = L1/L2 ... 4 = L5/S1)"),
     ("key__side_left", "key", None, "level and side", "none", "side (1 = left, 0 = right)"),
     ("radiomics__axial_t2__weird", "radiomics", "axial_t2", "radiomics/other", "none", "radiomics, Axial T2: weird"),

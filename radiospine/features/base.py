@@ -8,7 +8,7 @@ labelled or not. A key may have crops in several views (the canal on sagittal T2
 column names its extractor, its view and the feature::
 
     radiomics__sagittal_t2__original_glcm_Contrast
-    cnn__axial_t2__emb_007
+    cnn__axial_t2__prob_severe
 
 (built and parsed by :mod:`radiospine.features.columns`), and each extractor has one status column
 (``radiomics__status``, ``cnn__status``): ``"ok"`` when every crop of the key was described, else the reasons,

@@ -1,33 +1,50 @@
-"""CNN embeddings of ROI crops: a small 2.5D backbone written in torch, trained here or loaded from a checkpoint.
+"""CNN features of ROI crops: a small 2.5D network's class probabilities, trained here or loaded from a checkpoint.
 
+What the feature table gets
+    Per crop (one per key and view), the network's probabilities of the three severities
+    (``prob_normal_mild``, ``prob_moderate``, ``prob_severe``; columns ``cnn__<view>__prob_<severity>``). A
+    probability means the same whichever network produced it, so the GBMs can stack them: out of fold on the
+    training split, from the full model on the test split. (The network's inner embedding does not: every
+    network learns its own basis, and the GBMs fed the embeddings of ``fold_k`` models scored worse than without
+    them; see ``docs/design.md``, section 6.)
 Input
-    Each crop gives ``slices`` channels: its centre slice and neighbours (edge slices repeated when the crop has
-    fewer), standardised per crop (zero mean, unit variance over the stack: the series-level normalisation of the
-    ROI cutter fixes the scale between series, this one the contrast between crops) and resized to
-    ``input_size`` x ``input_size`` (bilinear with antialiasing; non-square crops are stretched). A crop with
-    non-finite or constant pixels is a recorded failure.
+    Each crop gives ``slices`` channels: its centre slice and neighbours (the 2.5D stack the ROI cutter made,
+    ``roi.neighbour_slices``; edge slices repeated when the crop has fewer), standardised per crop (zero mean,
+    unit variance over the stack: the series-level normalisation of the ROI cutter fixes the scale between
+    series, this one the contrast between crops) and resized to ``input_size`` x ``input_size`` (bilinear with
+    antialiasing; non-square crops are stretched). A crop with non-finite or constant pixels is a recorded
+    failure.
 Network (:class:`SpineCnn`)
-    ``len(widths)`` blocks of 3x3 conv - batch norm - ReLU - 2x2 max pool, global average pooling and a linear
-    layer to the embedding (``embedding_size``). For training, a head maps ReLU(embedding) together with a
-    one-hot of the crop's base condition (canal, foramen, recess) to the three severities; it is trained with
-    cross-entropy weighted 1/2/4 like the metric. The embedding is what the feature table gets.
+    ``len(widths)`` blocks of 3x3 conv - batch norm - ReLU - 2x2 max pool, global average pooling, a linear layer
+    to ``embedding_size`` units, and a head mapping ReLU(those units) together with one-hots of the crop's base
+    condition (canal, foramen, recess) and view to the three severities' logits. Trained with cross-entropy
+    weighted 1/2/4 like the metric.
+Augmentation (:func:`augment_batch`, training only, ``features.cnn.augment``)
+    Per crop: contrast and brightness (the standardised intensities scaled by 0.8-1.25 and shifted by up to
+    0.2 standard deviations), Gaussian noise (up to 0.1), a rotation of up to 10 degrees, a scaling of
+    0.9-1.1 and a shift of up to 6% of the side (bilinear resampling, edges repeated), the same for every slice
+    of the stack. Flips only where anatomy allows: axial crops are mirrored left-right with probability 1/2 (the
+    network is told the base condition, not the side, so a mirrored left recess is a right recess of the same
+    grade, and the canal is symmetric); sagittal crops are never flipped (anterior/posterior and head/foot are
+    not symmetric).
 Out-of-fold fitting (:class:`CnnTrainer`)
     On the training split the studies with labelled crops are split into ``folds`` groups (K-fold over study
-    ids, seeded). Model ``fold_k`` is trained on the other groups and embeds the studies of group k, so every
-    training row's embedding comes from a model that never saw its study; model ``full`` is trained on all of
-    them, embeds the studies without labelled crops (seen by no model) and is the model for the test split
-    (``_cnn/full.pt``). ``_cnn/oof.json`` records which model embedded each study and what each model saw.
+    ids, seeded). Model ``fold_k`` is trained on the other groups and describes the studies of group k, so every
+    training row's CNN features come from a model that never saw its study; model ``full`` is trained on all of
+    them, describes the studies without labelled crops (seen by no model) and is the model for the test split
+    (``_cnn/full.pt``). ``_cnn/oof.json`` records which model described each study and what each model saw.
 Checkpoints
     ``<name>.pt`` and ``<name>.json`` in the format of :mod:`radiospine.checkpoint` (state dict, and a sidecar
     with the architecture, the weights' hash and what the model was trained on). ``features.cnn.checkpoint`` may
     name such a file instead of training.
 Determinism
-    Seeds are fixed (``features.cnn.seed``; fold k uses seed + k + 1), batches are drawn by a seeded numpy
-    generator, torch runs its deterministic algorithms (:func:`radiospine.device.deterministic_torch`), every
-    model trains with one compute thread (the fold models train side by side in ``jobs`` processes instead, each
-    from its own seed, so which process trains which model does not matter) and inference runs in evaluation
-    mode with one thread per worker, a study at a time: the same inputs and seed give bit-identical weights
-    (and ``.pt`` files) and embeddings whatever ``jobs`` or the scheduler (``tests/test_reproducibility.py``).
+    Seeds are fixed (``features.cnn.seed``; fold k uses seed + k + 1), batches are drawn and augmented by seeded
+    generators (numpy for the order, torch for the augmentation), torch runs its deterministic algorithms
+    (:func:`radiospine.device.deterministic_torch`), every model trains with one compute thread (the fold models
+    train side by side in ``jobs`` processes instead, each from its own seed, so which process trains which model
+    does not matter) and inference runs in evaluation mode with one thread per worker, a study at a time: the
+    same inputs and seed give bit-identical weights (and ``.pt`` files) and features whatever ``jobs`` or the
+    scheduler (``tests/test_reproducibility.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +69,7 @@ from radiospine.config import CnnConfig
 from radiospine.device import deterministic_torch, resolve_device
 from radiospine.errors import DataError
 from radiospine.features.base import ExtractionResult
+from radiospine.features.columns import cnn_probability_features
 from radiospine.hashing import canonical_json, json_hash, sha256_hex, sha256_stream, short_hash
 from radiospine.roi.types import RoiCrop
 from radiospine.threads import thread_budget
@@ -60,7 +78,7 @@ log = logging.getLogger(__name__)
 
 #: The name of the model trained on every labelled study of the training split.
 FULL_MODEL = "full"
-#: The file recording which model embedded each study.
+#: The file recording which model described each study.
 OOF_RECORD = "oof.json"
 _TRAIN_ROWS = "train_rows.f16"
 #: The config key of the CNN's device (named in errors).
@@ -76,26 +94,35 @@ class CnnArchitecture:
     embedding_size: int
     input_size: int
     n_conditions: int = len(vocab.BASE_CONDITIONS)
-    n_classes: int = len(vocab.SEVERITIES)
+    n_views: int = len(vocab.VIEWS)
+    #: The head's classes, lowest first (RSNA: ``vocab.SEVERITIES``; another task: its CNN target's grades); they
+    #: name the probability features (:func:`radiospine.features.columns.cnn_probability_features`).
+    classes: tuple[str, ...] = vocab.SEVERITIES
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
 
     @classmethod
-    def from_config(cls, config: CnnConfig, n_classes: int = len(vocab.SEVERITIES)) -> CnnArchitecture:
+    def from_config(cls, config: CnnConfig, classes: Sequence[str] = vocab.SEVERITIES) -> CnnArchitecture:
         return cls(in_channels=config.slices, widths=tuple(config.widths), embedding_size=config.embedding_size,
-                   input_size=config.input_size, n_classes=n_classes)
+                   input_size=config.input_size, classes=tuple(classes))
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "widths": list(self.widths)}
+        return {**asdict(self), "widths": list(self.widths), "classes": list(self.classes)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CnnArchitecture:
-        return cls(**{**data, "widths": tuple(data["widths"])})
+        return cls(**{**data, "widths": tuple(data["widths"]), "classes": tuple(data["classes"])})
 
 
 class SpineCnn(nn.Module):
-    """The 2.5D backbone and its training head.
+    """The 2.5D backbone and its head.
 
-    ``embed(x)``: ``x`` ``(batch, in_channels, input_size, input_size)`` float32 -> ``(batch, embedding_size)``.
-    ``forward(x, condition)``: ``condition`` ``(batch,)`` int64 base-condition index -> ``(batch, n_classes)`` logits.
+    ``forward(x, condition, view)``: ``x`` ``(batch, in_channels, input_size, input_size)`` float32, ``condition``
+    ``(batch,)`` int64 base-condition index (:func:`base_condition_index`), ``view`` ``(batch,)`` int64 view index
+    (:func:`view_index`) -> ``(batch, n_classes)`` logits of the architecture's ``classes`` (RSNA: the severities in
+    ``vocab.SEVERITIES`` order).
     """
 
     def __init__(self, architecture: CnnArchitecture) -> None:
@@ -109,14 +136,13 @@ class SpineCnn(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.embedding = nn.Linear(channels, architecture.embedding_size)
-        self.head = nn.Linear(architecture.embedding_size + architecture.n_conditions, architecture.n_classes)
+        self.head = nn.Linear(architecture.embedding_size + architecture.n_conditions + architecture.n_views,
+                              architecture.n_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.features(x).mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(condition, self.architecture.n_conditions).to(x.dtype)
-        return self.head(torch.cat([F.relu(self.embed(x)), one_hot], dim=1))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.embedding(self.features(x).mean(dim=(2, 3))))
+        return self.head(torch.cat([hidden, F.one_hot(condition, self.architecture.n_conditions).to(x.dtype),
+                                    F.one_hot(view, self.architecture.n_views).to(x.dtype)], dim=1))
 
 
 def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tuple[np.ndarray, list[str | None]]:
@@ -124,7 +150,7 @@ def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tu
 
     Returns:
         ``(n_crops, slices, input_size, input_size)`` float32 (zeros for failed crops) and, per crop, ``None``
-        or the reason it cannot be embedded.
+        or the reason it cannot be described.
     """
     inputs = np.zeros((len(crops), slices, input_size, input_size), dtype=np.float32)
     errors: list[str | None] = []
@@ -138,7 +164,7 @@ def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tu
             continue
         spread = stack.std()
         if spread == 0:
-            errors.append("constant image (nothing to embed)")
+            errors.append("constant image (nothing to describe)")
             continue
         standardised = torch.from_numpy(((stack - stack.mean()) / spread).astype(np.float32))
         inputs[i] = F.interpolate(standardised[None], size=(input_size, input_size), mode="bilinear",
@@ -147,18 +173,59 @@ def crop_inputs(crops: Sequence[RoiCrop], *, input_size: int, slices: int) -> tu
     return inputs, errors
 
 
-def embedding_names(size: int) -> list[str]:
-    """``["emb_000", "emb_001", ...]``: the CNN's feature names."""
-    return [f"emb_{i:03d}" for i in range(size)]
-
-
 def base_condition_index(condition: str) -> int:
     """``"left_subarticular_stenosis"`` -> index of ``"subarticular_stenosis"`` in ``vocab.BASE_CONDITIONS``."""
     return vocab.BASE_CONDITIONS.index(vocab.split_condition(condition).base)
 
 
-def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
-                   device: torch.device | None = None,
+def view_index(view: str) -> int:
+    """``"axial_t2"`` -> its index in ``vocab.VIEWS``."""
+    return vocab.VIEWS.index(view)
+
+
+#: Augmentation ranges (see the module docstring).
+_CONTRAST = (0.8, 1.25)
+_BRIGHTNESS = 0.2
+_NOISE = 0.1
+_ROTATION_DEGREES = 10.0
+_SCALE = (0.9, 1.1)
+_SHIFT = 0.06
+
+
+def augment_batch(x: torch.Tensor, views: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A randomly augmented copy of a training batch (see the module docstring).
+
+    Args:
+        x: ``(batch, slices, size, size)`` float32 standardised crops (on the cpu).
+        views: ``(batch,)`` int64 view index of each crop; only axial crops are mirrored.
+        generator: the source of every random draw (seeded by the caller).
+    """
+    n = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    angle = torch.deg2rad(uniform(-_ROTATION_DEGREES, _ROTATION_DEGREES))
+    scale = torch.exp(uniform(np.log(_SCALE[0]), np.log(_SCALE[1])))
+    mirror = (views == view_index("axial_t2")) & (torch.rand(n, generator=generator) < 0.5)
+    sign = 1.0 - 2.0 * mirror.to(x.dtype)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = torch.cos(angle) / scale * sign
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale * sign
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    theta[:, :, 2] = 2 * _SHIFT * (torch.rand(n, 2, generator=generator) - 0.5) * 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = torch.exp(uniform(np.log(_CONTRAST[0]), np.log(_CONTRAST[1])))
+    brightness = uniform(-_BRIGHTNESS, _BRIGHTNESS)
+    noise = uniform(0.0, _NOISE)
+    return (moved * contrast[:, None, None, None] + brightness[:, None, None, None]
+            + noise[:, None, None, None] * torch.randn(x.shape, generator=generator))
+
+
+def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, views: np.ndarray, config: CnnConfig,
+                   *, seed: int, device: torch.device | None = None,
                    class_weights: Sequence[float] = vocab.SEVERITY_WEIGHTS) -> dict[str, torch.Tensor]:
     """Train :class:`SpineCnn` from scratch and return its state dict (on the cpu).
 
@@ -167,29 +234,33 @@ def train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, conf
             int64 indices) returns those rows as float32 (the on-disk row file of :class:`CnnTrainer`).
         labels: ``(n,)`` class index ``0 .. K-1`` of each row (RSNA: severity 0/1/2).
         conditions: ``(n,)`` base-condition index of each row.
-        config: ``features.cnn``: architecture, epochs, batch size, learning rate, weight decay.
-        seed: seeds torch (initial weights) and the batch order.
+        views: ``(n,)`` view index of each row.
+        config: ``features.cnn``: architecture, epochs, batch size, learning rate, weight decay, augmentation.
+        seed: seeds torch (initial weights, augmentation) and the batch order.
         class_weights: ``(K,)`` the cross-entropy's weight per true class (RSNA: the metric's 1/2/4); K is the
             head's number of classes.
     """
     labels = np.asarray(labels, dtype=np.int64)
     conditions = np.asarray(conditions, dtype=np.int64)
-    if len(labels) != len(conditions) or len(labels) < 2:
-        raise ValueError(f"need at least 2 labelled rows with one condition each, got {len(labels)} labels and "
-                         f"{len(conditions)} conditions")
+    views = np.asarray(views, dtype=np.int64)
+    if not len(labels) == len(conditions) == len(views) or len(labels) < 2:
+        raise ValueError(f"need at least 2 labelled rows with one condition and view each, got {len(labels)} "
+                         f"labels, {len(conditions)} conditions and {len(views)} views")
     if labels.min() < 0 or labels.max() >= len(class_weights):
         raise ValueError(f"class labels must be 0..{len(class_weights) - 1}, got {sorted(set(labels))}")
     device = device or torch.device("cpu")
     with deterministic_torch(device):
-        return _train_backbone(inputs, labels, conditions, config, seed=seed, device=device,
+        return _train_backbone(inputs, labels, conditions, views, config, seed=seed, device=device,
                                class_weights=class_weights)
 
 
-def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, config: CnnConfig, *, seed: int,
-                    device: torch.device, class_weights: Sequence[float]) -> dict[str, torch.Tensor]:
+def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, views: np.ndarray, config: CnnConfig,
+                    *, seed: int, device: torch.device, class_weights: Sequence[float]) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     order_rng = np.random.default_rng(seed)
-    model = SpineCnn(CnnArchitecture.from_config(config, n_classes=len(class_weights))).to(device)
+    augment_rng = torch.Generator().manual_seed(seed)
+    model = SpineCnn(CnnArchitecture.from_config(config, classes=[str(k) for k in range(len(class_weights))])).to(
+        device)  # the classes' names do not change the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
     model.train()
@@ -200,10 +271,13 @@ def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, con
             batch = np.sort(order[start:start + config.batch_size])
             if len(batch) < 2:  # batch norm needs two samples
                 continue
-            x = torch.as_tensor(np.asarray(inputs[batch], dtype=np.float32), device=device)
+            x = torch.as_tensor(np.asarray(inputs[batch], dtype=np.float32))
+            v = torch.as_tensor(views[batch])
+            if config.augment:
+                x = augment_batch(x, v, augment_rng)
             y = torch.as_tensor(labels[batch], device=device)
             c = torch.as_tensor(conditions[batch], device=device)
-            loss = F.cross_entropy(model(x, c), y, weight=class_weights)
+            loss = F.cross_entropy(model(x.to(device), c, v.to(device)), y, weight=class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -213,14 +287,19 @@ def _train_backbone(inputs: Any, labels: np.ndarray, conditions: np.ndarray, con
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
 
 
-def embed_inputs(model: SpineCnn, inputs: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """``(n, slices, size, size)`` float32 -> ``(n, embedding_size)`` float64 embeddings, in batches."""
+def predict_inputs(model: SpineCnn, inputs: np.ndarray, conditions: np.ndarray, views: np.ndarray, *,
+                   batch_size: int, device: torch.device) -> np.ndarray:
+    """``(n, slices, size, size)`` float32 inputs with ``(n,)`` base-condition and view indices -> ``(n, 3)``
+    float64 probabilities of the severities (``vocab.SEVERITIES`` order), in batches."""
     model.eval()
-    out = np.zeros((len(inputs), model.architecture.embedding_size), dtype=np.float64)
+    out = np.zeros((len(inputs), model.architecture.n_classes), dtype=np.float64)
     with torch.inference_mode(), deterministic_torch(device):
         for start in range(0, len(inputs), batch_size):
-            x = torch.as_tensor(inputs[start:start + batch_size], device=device)
-            out[start:start + batch_size] = model.embed(x).double().cpu().numpy()
+            stop = start + batch_size
+            logits = model(torch.as_tensor(inputs[start:stop], device=device),
+                           torch.as_tensor(conditions[start:stop], dtype=torch.int64, device=device),
+                           torch.as_tensor(views[start:stop], dtype=torch.int64, device=device))
+            out[start:stop] = torch.softmax(logits.double(), dim=1).cpu().numpy()
     return out
 
 
@@ -233,12 +312,12 @@ CHECKPOINT_FIX = "train it with `radiospine features --split train` or set featu
 # --- the extractor ---------------------------------------------------------------------------------------
 
 class CnnExtractor:
-    """Embeddings of crops by one or several trained :class:`SpineCnn` models.
+    """Severity probabilities of crops by one or several trained :class:`SpineCnn` models.
 
     Args:
         architecture: of every model.
         models: model name -> state dict.
-        model_for_study: study id -> the model that embeds it (the out-of-fold assignment); other studies use
+        model_for_study: study id -> the model that describes it (the out-of-fold assignment); other studies use
             ``default_model``.
         default_model: a key of ``models``.
         slices, input_size: the input preparation (from the architecture when omitted).
@@ -276,7 +355,7 @@ class CnnExtractor:
         return state
 
     def feature_names(self) -> list[str]:
-        return embedding_names(self.architecture.embedding_size)
+        return list(cnn_probability_features(self.architecture.classes))
 
     def fingerprint(self) -> str:
         settings = canonical_json({"architecture": self.architecture.to_json(), "default": self.default_model,
@@ -286,7 +365,7 @@ class CnnExtractor:
         return short_hash(settings, *weights)
 
     def model_name(self, study_id: int) -> str:
-        """The model that embeds ``study_id``."""
+        """The model that describes ``study_id``."""
         return self.model_for_study.get(int(study_id), self.default_model)
 
     def module(self, name: str) -> SpineCnn:
@@ -301,20 +380,23 @@ class CnnExtractor:
         inputs, errors = crop_inputs(crops, input_size=self.architecture.input_size,
                                      slices=self.architecture.in_channels)
         names = self.feature_names()
+        conditions = np.array([base_condition_index(crop.roi.condition) for crop in crops], dtype=np.int64)
+        views = np.array([view_index(crop.roi.view) for crop in crops], dtype=np.int64)
         by_model: dict[str, list[int]] = {}
         for i, crop in enumerate(crops):
             if errors[i] is None:
                 by_model.setdefault(self.model_name(crop.roi.study_id), []).append(i)
-        embeddings = np.zeros((len(crops), len(names)))
+        probabilities = np.zeros((len(crops), len(names)))
         for model_name, rows in by_model.items():
-            embeddings[rows] = embed_inputs(self.module(model_name), inputs[rows], batch_size=self.batch_size,
-                                            device=resolve_device(self.device, DEVICE_KEY))
+            probabilities[rows] = predict_inputs(self.module(model_name), inputs[rows], conditions[rows],
+                                                 views[rows], batch_size=self.batch_size,
+                                                 device=resolve_device(self.device, DEVICE_KEY))
         results = []
         for i in range(len(crops)):
-            if errors[i] is None and not np.isfinite(embeddings[i]).all():
-                errors[i] = f"non-finite embedding from model {self.model_name(crops[i].roi.study_id)}"
+            if errors[i] is None and not np.isfinite(probabilities[i]).all():
+                errors[i] = f"non-finite probabilities from model {self.model_name(crops[i].roi.study_id)}"
             results.append(ExtractionResult.failure(errors[i]) if errors[i] is not None
-                           else ExtractionResult.success(dict(zip(names, embeddings[i].tolist()))))
+                           else ExtractionResult.success(dict(zip(names, probabilities[i].tolist()))))
         return results
 
 
@@ -327,27 +409,33 @@ class CnnTrainer:
         config: ``features.cnn``.
         labels: ``(study_id, condition, level)`` -> class index for the graded keys (others absent): the RSNA
             severity 0/1/2, or another task's grade (:func:`radiospine.features.stage.training_labels`).
-        class_weights: the training loss's weight per class (K = its length; RSNA: the metric's 1/2/4).
+        classes: the K classes, lowest first (RSNA: ``vocab.SEVERITIES``); they name the features.
+        class_weights: the training loss's weight per class (K of them; RSNA: the metric's 1/2/4).
     """
 
     name = "cnn"
 
     def __init__(self, config: CnnConfig, labels: Mapping[tuple[int, str, str], int],
+                 classes: Sequence[str] = vocab.SEVERITIES,
                  class_weights: Sequence[float] = vocab.SEVERITY_WEIGHTS) -> None:
+        if len(classes) != len(class_weights):
+            raise ValueError(f"one class weight per class: {len(classes)} classes, {len(class_weights)} weights")
         self.config = config
         self.labels = {(int(s), str(c), str(lv)): int(v) for (s, c, lv), v in labels.items()}
+        self.classes = tuple(str(c) for c in classes)
         self.class_weights = tuple(float(w) for w in class_weights)
 
     def feature_names(self) -> list[str]:
-        return embedding_names(self.config.embedding_size)
+        return list(cnn_probability_features(self.classes))
 
     def fingerprint(self) -> str:
-        extra = {} if self.class_weights == vocab.SEVERITY_WEIGHTS else {"class_weights": list(self.class_weights)}
+        extra = {} if (self.classes, self.class_weights) == (vocab.SEVERITIES, vocab.SEVERITY_WEIGHTS) else {
+            "classes": list(self.classes), "class_weights": list(self.class_weights)}
         return json_hash({"config": self.config.model_dump(mode="json"),
                           "labels": sorted([*key, value] for key, value in self.labels.items()), **extra})
 
     def prepare(self, crops: Sequence[RoiCrop]) -> dict[str, np.ndarray]:
-        """The embeddable crops' inputs (float16) and keys; crops that cannot be embedded are left out."""
+        """The describable crops' inputs (float16), keys and views; crops that cannot be described are left out."""
         inputs, errors = crop_inputs(crops, input_size=self.config.input_size, slices=self.config.slices)
         keep = [i for i, error in enumerate(errors) if error is None]
         return {
@@ -355,11 +443,12 @@ class CnnTrainer:
             "study_id": np.array([crops[i].roi.study_id for i in keep], dtype=np.int64),
             "condition": np.array([crops[i].roi.condition for i in keep], dtype=str),
             "level": np.array([crops[i].roi.level for i in keep], dtype=str),
+            "view": np.array([crops[i].roi.view for i in keep], dtype=str),
         }
 
     def fit(self, workdir: Path, study_ids: Sequence[int], *, threads: int, progress: bool) -> CnnExtractor:
         """Train the fold models and the full model (reusing complete checkpoints in ``workdir``); see the module
-        docstring. Returns the extractor that embeds each study with its out-of-fold model.
+        docstring. Returns the extractor that describes each study with its out-of-fold model.
 
         The models are independent: on the cpu they train in ``threads`` worker processes of one thread each
         (so the weights do not depend on ``threads``); on a GPU one after the other in this process.
@@ -371,12 +460,12 @@ class CnnTrainer:
         config = self.config
         workdir = Path(workdir)
         device = resolve_device(config.device, DEVICE_KEY)
-        architecture = CnnArchitecture.from_config(config, n_classes=len(self.class_weights))
+        architecture = CnnArchitecture.from_config(config, classes=self.classes)
         rows = self._write_training_rows(workdir, sorted(int(s) for s in study_ids))
         labelled_studies = np.unique(rows["study_id"])
         if len(labelled_studies) < config.folds:
             raise DataError(f"the CNN needs labelled crops from at least features.cnn.folds={config.folds} "
-                            f"studies for out-of-fold embeddings, found {len(labelled_studies)}; lower "
+                            f"studies for out-of-fold features, found {len(labelled_studies)}; lower "
                             f"features.cnn.folds or name a checkpoint in features.cnn.checkpoint")
         fold_of_study: dict[int, int] = {}
         plan: list[tuple[str, np.ndarray, int]] = []
@@ -402,7 +491,7 @@ class CnnTrainer:
             selected = np.flatnonzero(np.isin(rows["study_id"], train_studies))
             to_train.append(delayed(_train_and_save)(
                 path, workdir / _TRAIN_ROWS, selected, rows["label"][selected], rows["condition"][selected],
-                config, seed, str(device), meta, self.class_weights))
+                rows["view"][selected], config, seed, str(device), meta, self.classes, self.class_weights))
         bar = tqdm(total=len(plan), initial=len(models), desc="cnn models", unit="model", disable=not progress)
         workers = 1 if device.type == "cuda" else max(1, min(threads, len(to_train)))
         try:
@@ -430,14 +519,19 @@ class CnnTrainer:
     def _write_training_rows(self, workdir: Path, study_ids: list[int]) -> dict[str, Any]:
         """Gather the labelled prepared rows of all studies into one float16 file (read back by rows).
 
-        Returns ``(n_rows,)`` arrays ``study_id``, ``label`` and ``condition`` (base-condition index), and
+        Returns ``(n_rows,)`` arrays ``study_id``, ``label``, ``condition`` (base-condition index) and ``view``
+        (view index), and
         ``sha256``: a hash of the rows and their labels (a saved model is reused only if it matches).
         """
-        study_of_row, labels, conditions = [], [], []
+        study_of_row, labels, conditions, views = [], [], [], []
         digest = sha256_stream()
         with artifacts.atomic_path(workdir / _TRAIN_ROWS) as tmp, open(tmp, "wb") as out:
             for study_id in study_ids:
-                with np.load(workdir / "inputs" / f"study_{study_id}.npz") as prepared:
+                path = workdir / "inputs" / f"study_{study_id}.npz"
+                with np.load(path) as prepared:
+                    if "view" not in prepared.files:
+                        raise DataError(f"{path} was prepared by an older radiospine (no crop views); delete "
+                                        f"{workdir / 'inputs'} and run the feature stage again")
                     keys = zip(prepared["study_id"].tolist(), prepared["condition"].tolist(),
                                prepared["level"].tolist())
                     found = [(i, self.labels.get((int(s), c, lv))) for i, (s, c, lv) in enumerate(keys)]
@@ -451,29 +545,30 @@ class CnnTrainer:
                     study_of_row += [study_id] * len(index)
                     labels += [label for _, label in found]
                     conditions += [base_condition_index(str(c)) for c in prepared["condition"][index]]
+                    views += [view_index(str(v)) for v in prepared["view"][index]]
         if not labels:
             raise DataError("no crop of this split has a label: the CNN cannot be trained; check the labels "
                             "file or name a checkpoint in features.cnn.checkpoint")
         rows = {"study_id": np.asarray(study_of_row, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64),
-                "condition": np.asarray(conditions, dtype=np.int64)}
-        for name in ("study_id", "label", "condition"):
+                "condition": np.asarray(conditions, dtype=np.int64), "view": np.asarray(views, dtype=np.int64)}
+        for name in ("study_id", "label", "condition", "view"):
             digest.update(rows[name].tobytes())
         rows["sha256"] = digest.hexdigest()
         return rows
 
 
 def _train_and_save(path: Path, rows_path: Path, selected: np.ndarray, labels: np.ndarray, conditions: np.ndarray,
-                    config: CnnConfig, seed: int, device: str, meta: Mapping[str, Any],
-                    class_weights: Sequence[float]) -> tuple[Path, dict[str, torch.Tensor]]:
+                    views: np.ndarray, config: CnnConfig, seed: int, device: str, meta: Mapping[str, Any],
+                    classes: Sequence[str], class_weights: Sequence[float]) -> tuple[Path, dict[str, torch.Tensor]]:
     """Train one model on rows ``selected`` of the row file (one compute thread) and save its checkpoint."""
     rows = _RowFile(rows_path, (config.slices, config.input_size, config.input_size))
     try:
         with thread_budget(1):
-            state = train_backbone(_Subset(rows, selected), labels, conditions, config, seed=seed,
+            state = train_backbone(_Subset(rows, selected), labels, conditions, views, config, seed=seed,
                                    device=torch.device(device), class_weights=class_weights)
     finally:
         rows.close()
-    save_checkpoint(path, state, CnnArchitecture.from_config(config, n_classes=len(class_weights)).to_json(), meta)
+    save_checkpoint(path, state, CnnArchitecture.from_config(config, classes=classes).to_json(), meta)
     return path, state
 
 

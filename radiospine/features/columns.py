@@ -3,7 +3,7 @@
 Besides the key columns (``study_id``, ``condition``, ``level``), every column of the feature table and of the
 models' design matrices is namespaced with :data:`SEPARATOR` (``"__"``)::
 
-    <extractor>__<view>__<name>  feature      radiomics__sagittal_t2__original_glcm_Contrast, cnn__axial_t2__emb_007
+    <extractor>__<view>__<name>  feature      radiomics__sagittal_t2__original_glcm_Contrast, cnn__axial_t2__prob_severe
     <extractor>__status          status       radiomics__status ("ok" or the failure reasons, see features.base)
     key__<name>                  key feature  key__level, key__side_left (added by radiospine.models.condition_models)
 
@@ -16,8 +16,11 @@ back into a :class:`Column` and rejects anything else with a message saying what
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from radiospine import vocab
 
 #: Separates extractor, view and feature in a column name.
 SEPARATOR = "__"
@@ -31,6 +34,16 @@ KEY_PREFIX = f"{KEY_EXTRACTOR}{SEPARATOR}"
 LEVEL_FEATURE = f"{KEY_PREFIX}level"
 #: The side feature (1 left, 0 right) of model groups spanning both sides.
 SIDE_FEATURE = f"{KEY_PREFIX}side_left"
+
+def cnn_probability_features(classes: Sequence[str]) -> tuple[str, ...]:
+    """The CNN's feature names (:mod:`radiospine.features.cnn`) for its head's classes, lowest first:
+    ``prob_<class>`` (the spider task's Pfirrmann grades: ``prob_1`` .. ``prob_5``)."""
+    return tuple(f"prob_{name}" for name in classes)
+
+
+#: The RSNA task's CNN feature names: its probability of each severity, in ``vocab.SEVERITIES`` order
+#: (``prob_normal_mild``, ``prob_moderate``, ``prob_severe``).
+CNN_PROBABILITY_FEATURES: tuple[str, ...] = cnn_probability_features(vocab.SEVERITIES)
 
 ColumnKind = Literal["feature", "status", "key"]
 _EXTRACTOR_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")

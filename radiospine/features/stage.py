@@ -89,31 +89,31 @@ def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path,
                     f"(it trains the CNN), set features.cnn.checkpoint, or disable it with features.cnn.enabled=false")
             extractors.append(CnnExtractor.from_checkpoint(checkpoint, batch_size=cnn.batch_size, device=cnn.device))
         else:
-            labels, class_weights = training_labels(data_dir, get_task(config.task))
-            extractors.append(CnnTrainer(cnn, labels, class_weights))
+            labels, classes, class_weights = training_labels(data_dir, get_task(config.task))
+            extractors.append(CnnTrainer(cnn, labels, classes, class_weights))
     return extractors
 
 
 def training_labels(data_dir: str | Path, task: Task = RSNA2024
-                    ) -> tuple[dict[tuple[int, str, str], int], tuple[float, ...]]:
-    """The CNN's training labels and class weights for ``task``.
+                    ) -> tuple[dict[tuple[int, str, str], int], tuple[str, ...], tuple[float, ...]]:
+    """The CNN's training labels, classes and class weights for ``task``.
 
     RSNA 2024: ``(study_id, condition, level)`` -> severity index of every graded key of ``DATA/train.csv``,
-    weighted 1/2/4. Another task: its first target's grades (``spider``: the Pfirrmann grade) keyed by the
-    target's ``roi_condition`` (the crop it is read from) and level, weighted by the target's weights; the
-    embedding the CNN learns there serves every target of the task.
+    classes ``vocab.SEVERITIES`` weighted 1/2/4. Another task: its first target's grades (``spider``: the
+    Pfirrmann grade) keyed by the target's ``roi_condition`` (the crop it is read from) and level, classes the
+    target's grades weighted by the target's weights; the CNN's probabilities of them serve every target.
     """
     from radiospine.labels import labels_to_long, load_task_labels, load_train_labels
 
     if task.metric == "rsna2024":
         long = labels_to_long(load_train_labels(Path(data_dir) / task.labels_file)).dropna(subset=["severity"])
         return ({(int(r.study_id), str(r.condition), str(r.level)): int(r.severity) for r in long.itertuples()},
-                vocab.SEVERITY_WEIGHTS)
+                vocab.SEVERITIES, vocab.SEVERITY_WEIGHTS)
     target = task.targets[0]
     long = load_task_labels(Path(data_dir) / task.labels_file, task)
     long = long[(long["target"] == target.name) & long["grade"].notna()]
     return ({(int(r.study_id), target.roi_condition, str(r.level)): int(r.grade) for r in long.itertuples()},
-            target.weights)
+            target.grades, target.weights)
 
 
 def run_features_stage(data_dir: str | Path, split: str, work_dir: str | Path, config: RadiospineConfig, *,

@@ -8,7 +8,10 @@ module reads what the parts mean::
         filter  pyradiomics' image type: "original", "log-sigma-1-0-mm-2D", "wavelet-LH", ...
         slices  "centre slice", or "2.5D mean" for the ``mean25d_`` slice mean
     radiomics__<view>__n_slices                                  family "radiomics/slices used"
-    cnn__<view>__emb_007                                         family "cnn embedding"
+    cnn__<view>__prob_<severity>                                 family "cnn probability": the CNN's
+                                                                 out-of-fold probability of a severity on
+                                                                 that view's crop ("CNN probability of
+                                                                 Severe, Sagittal T1 crop")
     key__level, key__side_left                                   family "level and side" (added by the model
                                                                  driver, :mod:`radiospine.models.condition_models`)
     <extractor>__<view>__<name> of any other extractor           family "<extractor>"
@@ -23,13 +26,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from radiospine import vocab
-from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column
+from radiospine.features.columns import CNN_PROBABILITY_FEATURES, LEVEL_FEATURE, SIDE_FEATURE, parse_column
 from radiospine.features.radiomics import MEAN_PREFIX, N_SLICES_FEATURE
 
 #: pyradiomics' feature classes (``shape`` for 3D input, ``shape2D`` for 2D).
 RADIOMICS_CLASSES: frozenset[str] = frozenset(
     {"shape", "shape2D", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"})
-CNN_FAMILY = "cnn embedding"
+CNN_FAMILY = "cnn probability"
 KEY_FAMILY = "level and side"
 OTHER_FAMILY = "other"
 #: The filter of features that have none (CNN, key and unparsed features).
@@ -75,9 +78,13 @@ def parse_feature_name(name: str) -> FeatureName:
     extractor, view, feature = column.extractor, column.view, column.name
     where = f"{extractor}, {vocab.SERIES_OF_VIEW.get(view, view)}"
     short_view = view.replace("sagittal_", "sag ").replace("axial_", "ax ")
-    if extractor == "cnn":
-        label = f"{where}: {feature.replace('_', ' ')}"
-        return FeatureName(name, extractor, view, CNN_FAMILY, NO_FILTER, label, _shorten(f"cnn {short_view} {feature}"))
+    if extractor == "cnn" and feature.startswith("prob_"):
+        # RSNA: a severity (CNN_PROBABILITY_FEATURES); another task: its CNN target's grade (prob_3: "grade 3").
+        severity = (vocab.SEVERITY_LABELS[CNN_PROBABILITY_FEATURES.index(feature)]
+                    if feature in CNN_PROBABILITY_FEATURES else f"grade {feature.removeprefix('prob_')}")
+        label = f"CNN probability of {severity}, {vocab.SERIES_OF_VIEW.get(view, view)} crop"
+        return FeatureName(name, extractor, view, CNN_FAMILY, NO_FILTER, label,
+                           _shorten(f"CNN P({severity}) {short_view}"))
     if extractor != "radiomics":
         return FeatureName(name, extractor, view, extractor, NO_FILTER, f"{where}: {feature}",
                            _shorten(f"{extractor} {short_view} {feature}"))

@@ -4,7 +4,9 @@ Computes (or completes) ``WORK/features/train`` first, then trains, cross-valida
 models of :mod:`radiospine.models.condition_models` and writes ``WORK/models/``: native boosters, the model card
 (``model_card.json``: feature columns, classes, CV scores per part, calibration, blend weights, versions, config
 hash), the out-of-fold predictions and ``prior.csv`` (the weighted prior, which fills rows the models cannot
-predict). Skipped when ``WORK/models`` was written from the same features, labels and config.
+predict). With ``models.extractor_ablation`` and several extractors, the model card also records the out-of-fold
+score of the models on each extractor alone and without each, and whether each helped
+(:mod:`radiospine.models.ablation`). Skipped when ``WORK/models`` was written from the same features, labels and config.
 
 With ``task`` other than ``rsna2024`` (:mod:`radiospine.task`) the labels are the task's table (``spider``:
 ``DATA/train_spider.csv``) and the models are per target (:mod:`radiospine.models.target_models`): native
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.features.store import read_features
     from radiospine.labels import labels_to_long, load_train_labels
     from radiospine.metrics import weighted_prior
+    from radiospine.models.ablation import extractor_ablation
     from radiospine.models.condition_models import prepare_features, train_condition_models
     from radiospine.task import get_task
     from radiospine.workspace import Workspace
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare_features(features, config.models.extractors)
     del features
     trained = train_condition_models(prepared, labels, config.models)
+    if config.models.extractor_ablation:
+        trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
+                                                                  all_report=trained.report)
     del prepared
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                "fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
                "oof": cv["final"]["all"],
                "oof_by_member": {name: scores["all"]["score"] for name, scores in cv.items()},
+               "extractor_ablation": trained.report.get("extractor_ablation"),
                "weighted_prior_in_sample": trained.report["weighted_prior_in_sample"]}
     print(json.dumps(summary, default=str))
     return 0

@@ -14,7 +14,8 @@ synth              ``radiospine synth --no-small`` into ``--data`` (only when it
 train-localizer    the level localiser on the training split
 localize           the test split, evaluated against ``truth/test_label_coordinates.csv`` (error in mm, level)
 features           the training split's feature table (radiomics, and the CNN trained out of fold)
-train-gbm          the per-condition models on that table (out-of-fold score)
+train-gbm          the per-condition models on that table (out-of-fold score), and the extractor ablation: the
+                   out-of-fold score on radiomics alone, the CNN alone and both (:mod:`radiospine.models.ablation`)
 predict            the test split: localiser, features, models -> submission
 score              the submission against ``truth/test_labels.csv``, beside the oracle and the weighted prior
 report             the HTML report
@@ -307,6 +308,7 @@ def summarise(stages: dict[str, dict[str, Any]], data_manifest: dict, args: argp
             "test_over_oracle": round(test_score["score"] / oracle, 3),
             "out_of_fold": stages["train-gbm"]["output"]["oof"],
         },
+        "extractor_ablation": stages["train-gbm"]["output"].get("extractor_ablation"),
         "localizer": {name: localizer[name] for name in ("all", *sorted(k for k in localizer if k != "all"))},
         "features": {
             "studies": naive["studies"], "rois": naive["rois"], "features_per_roi": naive["features_per_roi"],
@@ -352,6 +354,17 @@ def _yes_no(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "**no**")
 
 
+def _ablation_lines(record: dict[str, Any] | None) -> list[str]:
+    """The extractor ablation section of bench.md (none when train-gbm recorded no ablation)."""
+    if not record:
+        return []
+    from radiospine.models.ablation import ablation_markdown
+
+    return ["## Feature extractors, out of fold on the training studies (lower is better)", "",
+            "The models trained on each extractor alone and on all of them (same config, folds and seeds).", "",
+            ablation_markdown(record)]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """bench.md: the same figures as bench.json, as tables."""
     scores, data, features = result["scores"], result["data"], result["features"]
@@ -371,6 +384,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| radiospine out of fold (train) | " + " | ".join(f"{scores['out_of_fold'][k]:.4f}"
                                                           for k in ("score", *parts)) + " |", "",
         f"Test score / oracle score: {scores['test_over_oracle']:.3f}.", "",
+        *_ablation_lines(result.get("extractor_ablation")),
         "## Localiser on the test studies", "",
         "| points | n | found | median error (mm) | p95 error (mm) | right instance | wrong level |",
         "|---|---|---|---|---|---|---|",

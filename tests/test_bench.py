@@ -77,7 +77,12 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
         "localize": _stage(50.0, {"evaluation": {"all": row, "spinal_canal_stenosis": row}}),
         "features": {**_stage(1000.0, {"fit_seconds": {"cnn": 400.0}}), "main_peak_rss_mb": 400.0,
                      "largest_worker_peak_rss_mb": 2100.0, "worker_processes": 2},
-        "train-gbm": _stage(100.0, {"oof": {"score": 0.55, **parts}}),
+        "train-gbm": _stage(100.0, {"oof": {"score": 0.55, **parts}, "extractor_ablation": {
+            "extractors": ["cnn", "radiomics"], "all": "cnn+radiomics",
+            "runs": {"cnn": {"score": 0.7, **parts, "n_feature_columns": 9},
+                     "radiomics": {"score": 0.58, **parts, "n_feature_columns": 4000},
+                     "cnn+radiomics": {"score": 0.55, **parts, "n_feature_columns": 4009}},
+            "gain": {"cnn": 0.03, "radiomics": 0.15}, "helped": {"cnn": True, "radiomics": True}}}),
         "predict": _stage(300.0, {"seconds": {"load": 1.0, "localize": 50.0, "features": 240.0, "predict": 2.0}}),
         "score": _stage(1.0, {"score": 0.6, **parts}),
         "report": _stage(20.0),
@@ -109,5 +114,8 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     assert "| report |  |  | 500 |  |  |" in markdown
     assert "| radiospine | 0.6000 | 0.5000 | 0.6000 | 0.7000 | 0.4000 |" in markdown
     assert "Test score / oracle score: 2.000." in markdown
+    assert "| radiomics alone | 4000 | 0.5800 | 0.5000 | 0.6000 | 0.7000 | 0.4000 |" in markdown
+    assert "| cnn + radiomics (all) | 4009 | 0.5500 |" in markdown
+    assert "- cnn helped: without it the out-of-fold score is +0.0300 higher." in markdown
     assert "| features (train): describe | 200 | 600.0 |" in markdown
     json.dumps(result)  # bench.json must be plain JSON

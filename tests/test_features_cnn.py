@@ -172,6 +172,19 @@ def test_out_of_fold_no_study_is_described_by_a_model_that_saw_it(tmp_path: Path
         np.testing.assert_allclose(got, oof, rtol=1e-9, atol=1e-12)
         assert np.abs(got - full).max() > 1e-4
 
+    # The test split's features come from the full model, loaded from the checkpoint the fit saved (as the
+    # feature stage does for --split test): equal to the full model's probabilities, not a fold model's.
+    test_extractor = CnnExtractor.from_checkpoint(tmp_path / f"{FULL_MODEL}.pt", device="cpu")
+    unseen = study_crops(77, size=24)
+    inputs, _ = crop_inputs(unseen, input_size=16, slices=3)
+    conditions = np.array([base_condition_index(c.roi.condition) for c in unseen])
+    views = np.array([view_index(c.roi.view) for c in unseen])
+    got = np.array([list(r.features.values()) for r in test_extractor.extract(unseen)])
+    full = predict_inputs(extractor.module(FULL_MODEL), inputs, conditions, views, batch_size=64, device=cpu)
+    np.testing.assert_array_equal(got, full)
+    fold = predict_inputs(extractor.module("fold_0"), inputs, conditions, views, batch_size=64, device=cpu)
+    assert np.abs(got - fold).max() > 1e-4
+
     # A second fit reuses the saved models (a resumed run) and gives the same extractor.
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")}
     again = trainer.fit(tmp_path, study_ids, threads=1, progress=False)

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-crops": ("radiospine.stages.export_crops",
                      "write ROI crops as PNG with an index CSV and image-text pairs"),
     "roi-qa": ("radiospine.stages.roi_qa", "draw one study's ROIs on its series (a PNG for quality checks)"),
-    "features": ("radiospine.stages.features", "compute a split's feature table (radiomics, CNN embeddings)"),
+    "features": ("radiospine.stages.features", "compute a split's feature table (radiomics, CNN probabilities)"),
     "synth": ("radiospine.stages.synth", "write a synthetic data set in the Kaggle layout, with its truth"),
     "synth-preview": ("radiospine.stages.synth_preview",
                       "draw a study's sagittal and axial slices with its label points"),

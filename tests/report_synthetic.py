@@ -3,7 +3,7 @@ browser check.
 
 The feature table and labels come from :func:`models_synthetic.make_feature_table`
 (``tests/models_synthetic.py``), with its columns renamed to the feature stage's real names (radiomics classes
-and filters in three views, CNN embeddings). Per base condition one LightGBM
+and filters in three views, CNN probabilities). Per base condition one LightGBM
 :class:`~radiospine.models.ordinal.OrdinalGBMClassifier` is fitted on the group's rows plus the level (and side)
 feature; out-of-fold predictions come from study-grouped folds (:func:`radiospine.models.cv.assign_study_folds`),
 the shown predictions from the model fitted on all rows, and the SHAP values from that model's own

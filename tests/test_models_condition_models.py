@@ -11,13 +11,15 @@ from models_synthetic import FAILURE_REASON, make_feature_table
 
 from radiospine import metrics, vocab
 from radiospine.config import ModelsConfig, config_hash, load_config
-from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, parse_column, status_column
+from radiospine.features import store as store_module
+from radiospine.features.columns import LEVEL_FEATURE, SIDE_FEATURE, is_status_column, parse_column, status_column
 from radiospine.models import condition_models
 from radiospine.models.condition_models import (
     MODEL_CARD,
     TrainedModels,
     model_groups,
     prepare_features,
+    prepare_stored_features,
     train_condition_models,
 )
 
@@ -114,7 +116,8 @@ def test_failed_extractions_are_counted_and_partial_failures_keep_their_features
     features["radiomics__status"] = f"axial_t2: {FAILURE_REASON}; sagittal_t2: ok"
     prepared = prepare_features(features)
     radiomics = [c for c in prepared.columns if parse_column(c).extractor == "radiomics"]
-    np.testing.assert_array_equal(prepared.table[radiomics].to_numpy(), features[radiomics].to_numpy())
+    np.testing.assert_array_equal(prepared.block(np.ones(len(features), dtype=bool), radiomics),
+                                  features[radiomics].to_numpy(np.float32))
     assert prepared.failed_rows["radiomics"] == 50
     pd.testing.assert_frame_equal(trained.predict(features), trained.predict(synthetic.features.iloc[:50]))
 
@@ -214,7 +217,7 @@ def test_prepare_features_rejects_bad_tables(synthetic, mutate, message):
 def test_prepare_features_selects_extractors(synthetic):
     prepared = prepare_features(synthetic.features, extractors=("cnn",))
     assert prepared.columns and all(c.startswith("cnn__") for c in prepared.columns)
-    assert list(prepared.table.columns) == ["study_id", "condition", "level", *prepared.columns]
+    assert list(prepared.keys.columns) == ["study_id", "condition", "level"]
     with pytest.raises(ValueError, match="absent from the feature table"):
         prepare_features(synthetic.features, extractors=("deep",))
 
@@ -245,8 +248,6 @@ def test_predicting_a_stored_table_chunk_by_chunk_equals_predicting_it_whole(tra
                                                                               monkeypatch):
     """predict reads the stored feature table a few studies at a time (memory bounded whatever the number of
     studies), with the same predictions and filled rows (statuses included) as the whole table at once."""
-    from radiospine.features import store as store_module
-    from radiospine.features.columns import is_status_column
     from radiospine.metrics import weighted_prior
 
     features = synthetic.features.copy()
@@ -281,8 +282,30 @@ def test_predicting_a_stored_table_chunk_by_chunk_equals_predicting_it_whole(tra
     assert filled.loc[filled["study_id"] == first, status].notna().all()
 
 
-def test_training_on_prepared_features_equals_training_on_the_table(trained, synthetic):
-    """train-gbm hands over prepare_features' values and drops the table it read (one copy in memory)."""
-    again = train_condition_models(prepare_features(synthetic.features), synthetic.labels, _config())
-    pd.testing.assert_frame_equal(again.oof_predictions, trained.oof_predictions)
-    assert again.report["failed_extraction_rows"] == trained.report["failed_extraction_rows"]
+def test_training_from_the_store_equals_training_on_the_table(synthetic, tmp_path):
+    """train-gbm trains on the stored table (prepare_stored_features: the values are read a model group at a time,
+    from the compacted file or from the shards) and gets the models of training on the table read whole."""
+    features = synthetic.features
+    strings = {c for c in features.columns if is_status_column(c)} | {"condition", "level"}
+    store = store_module.FeatureStore(tmp_path / "features")
+    store.open(config=_config(), inputs={}, schema=store_module.table_schema(list(features.columns), strings))
+    for study_id, rows in features.groupby("study_id"):
+        store.write_study(study_id, rows)
+    on_table = train_condition_models(store.read(), synthetic.labels, _config())
+    assert store.compact()
+    from_compacted = train_condition_models(prepare_stored_features(store.root), synthetic.labels, _config())
+    store.compact_path.unlink()
+    from_shards = train_condition_models(prepare_stored_features(store.root), synthetic.labels, _config())
+    for again in (from_compacted, from_shards):
+        pd.testing.assert_frame_equal(again.oof_predictions, on_table.oof_predictions, check_exact=True)
+        assert again.report["failed_extraction_rows"] == on_table.report["failed_extraction_rows"]
+        assert [g.feature_columns for g in again.groups] == [g.feature_columns for g in on_table.groups]
+
+
+def test_design_matrices_are_float32_in_the_trained_column_order(trained, synthetic):
+    for group_model, rows, X in trained.design_matrices(synthetic.features):
+        assert X.dtype == np.float32 and X.flags.c_contiguous
+        assert X.shape == (rows.sum(), len(group_model.feature_columns))
+        extractor_columns = [c for c in group_model.feature_columns if parse_column(c).kind != "key"]
+        np.testing.assert_array_equal(X[:, :len(extractor_columns)],
+                                      synthetic.features.loc[rows, extractor_columns].to_numpy(np.float32))

@@ -25,6 +25,7 @@ A table with one extractor has nothing to ablate: its record holds the one run a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -56,7 +57,8 @@ def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, co
     """The ablation record of the extractors in ``prepared`` (see the module docstring).
 
     Args:
-        prepared: the feature table as :func:`~radiospine.models.condition_models.prepare_features` made it (its
+        prepared: the feature table as :func:`~radiospine.models.condition_models.prepare_features` or
+            :func:`~radiospine.models.condition_models.prepare_stored_features` made it (its
             ``columns`` name the extractors used); it is not copied (each run selects its columns).
         labels_long: long labels (as for ``train_condition_models``).
         config: the ``models`` config every run trains with.
@@ -80,7 +82,8 @@ def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, co
             continue
         log.info("extractor ablation: training on %s (%d columns)", name, len(columns))
         failed = {e: n for e, n in prepared.failed_rows.items() if e in subset}
-        trained = train_condition_models(PreparedFeatures(prepared.table, columns, failed), labels_long, config)
+        trained = train_condition_models(dataclasses.replace(prepared, columns=columns, failed_rows=failed),
+                                         labels_long, config)
         runs[name] = _scores(trained.report, len(columns))
     all_name = run_name(extractors)
     gain, helped = {}, {}

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from radiospine import metrics, vocab
@@ -67,7 +68,7 @@ from radiospine.features.columns import (
     parse_column,
     status_column,
 )
-from radiospine.features.store import read_features
+from radiospine.features.store import FeatureStore, open_features, read_features
 from radiospine.models import cv
 from radiospine.models.calibration import (
     AnySevereAdjuster,
@@ -158,22 +159,86 @@ def _base_conditions(conditions: pd.Series) -> np.ndarray:
     return conditions.map(lambda condition: vocab.split_condition(condition).base).to_numpy()
 
 
+#: Rows of the feature table converted to float32 at a time when a design matrix is filled from a DataFrame.
+_FRAME_CHUNK_ROWS = 800
+
+
+class _FrameValues:
+    """Feature values held in a DataFrame (rows in the prepared keys' order), read a chunk of rows at a time."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def chunks(self, columns: Sequence[str]) -> Iterator[np.ndarray]:
+        positions = self.frame.columns.get_indexer(list(columns))
+        for start in range(0, len(self.frame), _FRAME_CHUNK_ROWS):
+            yield self.frame.iloc[start:start + _FRAME_CHUNK_ROWS, positions].to_numpy(dtype=np.float32)
+
+
+class _StoredValues:
+    """Feature values in a feature store (:mod:`radiospine.features.store`), read a few studies at a time
+    (:meth:`~radiospine.features.store.FeatureStore.iter_tables`), never the whole table at once."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    def chunks(self, columns: Sequence[str]) -> Iterator[np.ndarray]:
+        for table in self.store.iter_tables(columns):
+            values = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+            for j, column in enumerate(table.columns):
+                values[:, j] = column.to_numpy()
+            yield values
+
+
 @dataclass(frozen=True)
 class PreparedFeatures:
-    """A validated feature table.
+    """A validated feature table whose values are read a model group at a time.
 
-    ``table``: the key columns (``study_id`` int64, ``condition``, ``level``) and the feature ``columns`` as
-    float64, in the input's row order; ``columns``: the selected extractors' feature columns, in the input's
-    column order; ``failed_rows``: per extractor, how many rows have a status other than ``"ok"``.
+    ``keys``: ``study_id`` (int64), ``condition``, ``level`` of every row, in the table's row order; ``columns``:
+    the selected extractors' feature columns, in the table's column order; ``failed_rows``: per extractor, how
+    many rows have a status other than ``"ok"``; ``values``: where the values are (the DataFrame given to
+    :func:`prepare_features`, or the store read by :func:`prepare_stored_features`). Values are float32 in the
+    models (float64 in the store): :meth:`block` converts them, so training and prediction see the same numbers.
     """
 
-    table: pd.DataFrame
+    keys: pd.DataFrame
     columns: list[str]
     failed_rows: dict[str, int]
+    values: _FrameValues | _StoredValues
+
+    def columns_with_values(self, masks: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        """Per named row mask (``(n_rows,)`` bool over ``keys``): the feature columns holding a value (not NaN) in
+        at least one of its rows, in column order. One pass over the values for all masks."""
+        present = {name: np.zeros(len(self.columns), dtype=bool) for name in masks}
+        start = 0
+        for chunk in self.values.chunks(self.columns):
+            stop = start + len(chunk)
+            for name, mask in masks.items():
+                rows = mask[start:stop]
+                if rows.any():
+                    present[name] |= ~np.isnan(chunk[rows]).all(axis=0)
+            start = stop
+        return {name: [column for column, kept in zip(self.columns, flags, strict=True) if kept]
+                for name, flags in present.items()}
+
+    def block(self, rows: np.ndarray, columns: Sequence[str], extra_columns: int = 0) -> np.ndarray:
+        """float32 ``(rows.sum(), len(columns) + extra_columns)``, C order: ``columns``' values in the rows where
+        ``rows`` (``(n_rows,)`` bool over ``keys``) is True, in row order, then ``extra_columns`` columns of zeros.
+        One allocation, filled a chunk of rows at a time (the only copy of the values a model group needs)."""
+        block = np.zeros((int(rows.sum()), len(columns) + extra_columns), dtype=np.float32)
+        start = filled = 0
+        for chunk in self.values.chunks(columns):
+            stop = start + len(chunk)
+            selected = chunk[rows[start:stop]]
+            block[filled:filled + len(selected), :len(columns)] = selected
+            filled += len(selected)
+            start = stop
+        return block
 
 
 def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None = None) -> PreparedFeatures:
     """Validate a feature table (see the module docstring); ``extractors`` limits which are used (None: all).
+    The values stay in ``features`` (the caller keeps it) and are read from it a model group at a time.
 
     Raises ``ValueError`` naming the problem: missing key columns, an id that is not an integer, an unknown
     condition or level, a repeated (study, condition, level), a non-numeric feature column, an extractor
@@ -181,31 +246,56 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
     with ``"__"`` that is no feature or status column name (:func:`radiospine.features.columns.parse_column`), or
     no feature column at all.
     """
-    missing = [column for column in vocab.KEY_COLUMNS if column not in features.columns]
+    def numeric(column: str) -> bool:
+        return is_numeric_dtype(features[column]) and not is_bool_dtype(features[column])
+
+    return _prepare(features, list(features.columns), numeric, extractors, _FrameValues(features))
+
+
+def prepare_stored_features(features_dir: str | Path, extractors: tuple[str, ...] | None = None) -> PreparedFeatures:
+    """:func:`prepare_features` for the feature table stored in ``features_dir`` (``WORK/features/<split>``)
+    without reading it into memory: the keys and status columns are read, the values stay in the store and
+    are read a model group at a time (training on it holds one group's float32 design matrix, not the table)."""
+    store = open_features(features_dir)
+    types = store.column_types()
+    names = list(types)
+    head = store.read(columns=[name for name in names if name in vocab.KEY_COLUMNS or is_status_column(name)])
+
+    def numeric(column: str) -> bool:
+        return pa.types.is_integer(types[column]) or pa.types.is_floating(types[column])
+
+    return _prepare(head, names, numeric, extractors, _StoredValues(store))
+
+
+def _prepare(head: pd.DataFrame, names: list[str], numeric: Callable[[str], bool],
+             extractors: tuple[str, ...] | None, values: _FrameValues | _StoredValues) -> PreparedFeatures:
+    """The checks of :func:`prepare_features`: ``head`` holds at least the key and status columns of the table,
+    whose columns are ``names``; ``numeric(column)`` tells whether a column holds numbers."""
+    missing = [column for column in vocab.KEY_COLUMNS if column not in names]
     if missing:
         raise ValueError(f"the feature table lacks key column(s) {missing}; it needs study_id, condition, level")
-    study_ids = pd.to_numeric(features["study_id"], errors="coerce")
+    study_ids = pd.to_numeric(head["study_id"], errors="coerce")
     bad_ids = study_ids.isna() | (study_ids != study_ids.round())
     if bad_ids.any():
         raise ValueError(f"the feature table holds study ids that are not integers: "
-                         f"{summarize_items(features['study_id'][bad_ids].unique().tolist())}")
-    unknown_conditions = sorted(set(features["condition"]) - set(vocab.CONDITIONS))
-    unknown_levels = sorted(set(features["level"]) - set(vocab.LEVELS))
+                         f"{summarize_items(head['study_id'][bad_ids].unique().tolist())}")
+    unknown_conditions = sorted(set(head["condition"]) - set(vocab.CONDITIONS))
+    unknown_levels = sorted(set(head["level"]) - set(vocab.LEVELS))
     if unknown_conditions or unknown_levels:
         raise ValueError(f"the feature table holds unknown condition(s) {unknown_conditions} / level(s) "
                          f"{unknown_levels}; expected snake_case names such as {vocab.CONDITIONS[1]!r}, 'l4_l5'")
     keys = pd.DataFrame({"study_id": study_ids.astype(np.int64).to_numpy(),
-                         "condition": features["condition"].to_numpy(), "level": features["level"].to_numpy()})
+                         "condition": head["condition"].to_numpy(), "level": head["level"].to_numpy()})
     repeated = keys.duplicated(keep=False)
     if repeated.any():
         raise ValueError(f"the feature table repeats (study_id, condition, level): "
                          f"{summarize_items(keys[repeated].drop_duplicates().itertuples(index=False, name=None))}")
 
-    reserved = [column for column in features.columns if str(column).startswith(KEY_PREFIX)]
+    reserved = [column for column in names if str(column).startswith(KEY_PREFIX)]
     if reserved:
         raise ValueError(f"feature column(s) {summarize_items(reserved)} use the prefix {KEY_PREFIX!r} reserved for "
                          f"the level and side features; rename the extractor")
-    extractor_of = {column: parse_column(str(column)).extractor for column in features.columns
+    extractor_of = {column: parse_column(str(column)).extractor for column in names
                     if SEPARATOR in str(column) and not is_status_column(str(column))}
     candidates = list(extractor_of)
     available = sorted(set(extractor_of.values()))
@@ -217,36 +307,38 @@ def prepare_features(features: pd.DataFrame, extractors: tuple[str, ...] | None 
         candidates = [column for column in candidates if extractor_of[column] in extractors]
     if not candidates:
         raise DataError("the feature table has no feature column (<extractor>__<name>); run the feature stage")
-    non_numeric = [column for column in candidates
-                   if not is_numeric_dtype(features[column]) or is_bool_dtype(features[column])]
+    non_numeric = [column for column in candidates if not numeric(column)]
     if non_numeric:
         raise ValueError(f"feature column(s) {summarize_items(non_numeric)} are not numeric")
 
     failed_rows = {}
     for extractor in sorted({extractor_of[column] for column in candidates}):
         status = status_column(extractor)
-        if status not in features.columns:
+        if status not in names:
             raise ValueError(f"the feature table has {extractor}{SEPARATOR} features but no {status} column; the "
                              f"feature stage records each extraction's status there")
-        failed_rows[extractor] = int((features[status].astype(str) != STATUS_OK).sum())
+        failed_rows[extractor] = int((head[status].astype(str) != STATUS_OK).sum())
         if failed_rows[extractor]:
             logger.info("%s: %d of %d rows have a failed extraction (NaN features)", extractor,
-                        failed_rows[extractor], len(features))
-    # One copy of the values (the column selection); the frame wraps that array rather than copying it again.
-    values = pd.DataFrame(features[candidates].to_numpy(dtype=np.float64), columns=candidates, copy=False)
-    return PreparedFeatures(pd.concat([keys, values], axis=1), candidates, failed_rows)
+                        failed_rows[extractor], len(head))
+    return PreparedFeatures(keys, candidates, failed_rows, values)
 
 
-def _design_matrix(table: pd.DataFrame, group: ModelGroup, feature_columns: list[str]) -> pd.DataFrame:
-    """The group's rows of ``table`` as the model's input: ``feature_columns`` then the group's key features."""
-    mask = group.rows(table)
-    design = table.loc[mask, feature_columns]  # one copy of the group's values (not the rows, then the columns)
+def _design_matrix(prepared: PreparedFeatures, rows: np.ndarray, group: ModelGroup,
+                   feature_columns: list[str]) -> np.ndarray:
+    """The model's input for ``prepared``'s rows where ``rows`` (bool over its keys) is True, all in ``group``:
+    float32 ``(rows.sum(), len(feature_columns) + len(group.key_features))``, C order, ``feature_columns`` then
+    the group's key features (the level index, the side)."""
+    X = prepared.block(rows, feature_columns, extra_columns=len(group.key_features))
+    keys = prepared.keys[rows]
+    j = len(feature_columns)
     if LEVEL_FEATURE in group.key_features:
-        design[LEVEL_FEATURE] = pd.Index(vocab.LEVELS).get_indexer(table.loc[mask, "level"]).astype(np.float64)
+        X[:, j] = pd.Index(vocab.LEVELS).get_indexer(keys["level"])
+        j += 1
     if SIDE_FEATURE in group.key_features:
-        sides = table.loc[mask, "condition"].map(lambda condition: vocab.split_condition(condition).side)
-        design[SIDE_FEATURE] = (sides == "left").to_numpy(dtype=np.float64)
-    return design.reset_index(drop=True)
+        sides = keys["condition"].map(lambda condition: vocab.split_condition(condition).side)
+        X[:, j] = (sides == "left").to_numpy()
+    return X
 
 
 def make_member_estimator(member: ModelMember, config: ModelsConfig) -> _GBMClassifierBase:
@@ -302,10 +394,11 @@ class TrainedModels:
             return self._predict(features)
 
     def _predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        table = prepare_features(features, self.config.extractors).table
+        prepared = prepare_features(features, self.config.extractors)
+        table = prepared.keys
         member_proba = {name: np.full((len(table), N_CLASSES), np.nan) for name in self._member_names()}
         covered = np.zeros(len(table), dtype=bool)
-        for group_model, rows, X in self.design_matrices(features):
+        for group_model, rows, X in self._design_matrices(prepared):
             for name, estimator in group_model.members.items():
                 member_proba[name][rows] = cv.class_proba(estimator, X, N_CLASSES)
             covered |= rows
@@ -318,8 +411,7 @@ class TrainedModels:
             rows = base == base_condition
             blended = blend([member_proba[name][rows] for name in weights], list(weights.values()))
             proba[rows] = self.calibrators[base_condition].transform(blended)
-        predictions = pd.concat([table[list(vocab.KEY_COLUMNS)],
-                                 pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
+        predictions = pd.concat([table, pd.DataFrame(proba, columns=list(vocab.SEVERITIES))], axis=1)
         return predictions if self.any_severe is None else self.any_severe.transform(predictions)
 
     def predict_studies(self, features: pd.DataFrame, study_ids: Sequence[int], prior: pd.DataFrame
@@ -367,24 +459,27 @@ class TrainedModels:
         return (pd.concat(completed, ignore_index=True),
                 pd.concat(filled, ignore_index=True) if filled else chunk_filled)
 
-    def design_matrices(self, features: pd.DataFrame) -> Iterator[tuple[GroupModel, np.ndarray, pd.DataFrame]]:
+    def design_matrices(self, features: pd.DataFrame) -> Iterator[tuple[GroupModel, np.ndarray, np.ndarray]]:
         """Per model group with rows in ``features``: ``(group model, row mask over features, X)``, where ``X`` is
-        the group's design matrix (its ``feature_columns``, in order) — what the members predict from and what
-        their SHAP values explain.
+        the group's design matrix, float32 ``(rows.sum(), len(feature_columns))`` with the group model's
+        ``feature_columns`` in order — what the members predict from and what their SHAP values explain.
 
         Raises ``ValueError`` when the table lacks a feature column a model was trained on.
         """
-        table = prepare_features(features, self.config.extractors).table
+        return self._design_matrices(prepare_features(features, self.config.extractors))
+
+    def _design_matrices(self, prepared: PreparedFeatures) -> Iterator[tuple[GroupModel, np.ndarray, np.ndarray]]:
+        available = set(prepared.columns)
         for group_model in self.groups:
-            rows = group_model.group.rows(table)
+            rows = group_model.group.rows(prepared.keys)
             if not rows.any():
                 continue
             extractor_columns = [c for c in group_model.feature_columns if parse_column(c).kind != "key"]
-            absent = [column for column in extractor_columns if column not in table.columns]
+            absent = [column for column in extractor_columns if column not in available]
             if absent:
                 raise DataError(f"the feature table lacks column(s) {summarize_items(absent)} that model "
                                 f"{group_model.group.name} was trained on; use the feature config of training")
-            yield group_model, rows, _design_matrix(table, group_model.group, extractor_columns)
+            yield group_model, rows, _design_matrix(prepared, rows, group_model.group, extractor_columns)
 
     def _member_names(self) -> list[str]:
         return [member.name for member in self.config.members]
@@ -468,15 +563,17 @@ def train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lon
                            config: ModelsConfig) -> TrainedModels:
     """Train, blend, calibrate and score the per-condition models (see the module docstring).
 
-    ``features``: the feature table, or what :func:`prepare_features` made of it with ``config.extractors`` (a
-    caller that drops its table then holds one copy of the values, not two); ``labels_long``: long labels;
+    ``features``: the feature table, or what :func:`prepare_features` or :func:`prepare_stored_features` (a
+    table in the feature store, never read whole) made of it with ``config.extractors``; ``labels_long``: long labels;
     ``config``: the ``models`` config section. Only studies with at least one label are used. The labelled rows
     must cover all three base conditions (the metric has four parts). BLAS runs on one thread
     (:func:`radiospine.threads.single_threaded_blas`): with the boosters' seeds and ``models.n_jobs`` threads, the
     same table and config give the same models bit for bit.
 
-    Memory: the table's values (float64) are held once, plus a model group's design matrix and the boosters'
-    own copies of it while the group trains; all grow linearly with the number of studies.
+    Memory: one model group at a time, its design matrix in float32 (the values are read into it from the
+    table or the store; the largest group, a sided condition, holds 10 of a study's 25 rows), plus one fit's
+    training and early-stopping rows and the boosters' binned copies of them; the keys, labels and out-of-fold
+    predictions are small. With the store, 1,975 real-size studies (4,574 columns) peak at about 1.2 GB (README).
     """
     with single_threaded_blas():
         return _train_condition_models(features, labels_long, config)
@@ -485,18 +582,15 @@ def train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lon
 def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_long: pd.DataFrame,
                             config: ModelsConfig) -> TrainedModels:
     prepared = features if isinstance(features, PreparedFeatures) else prepare_features(features, config.extractors)
-    table, feature_columns, failed_rows = prepared.table, prepared.columns, prepared.failed_rows
-    del prepared, features
+    feature_columns, failed_rows = prepared.columns, prepared.failed_rows
     labels = metrics.as_long_labels(labels_long)
-    # The labels are merged onto the keys, not the wide table (a merge copies every column of both sides);
-    # a left merge keeps the left side's row order, so the label columns line up with the table's rows.
-    keys = table[list(vocab.KEY_COLUMNS)]
-    with_labels = keys.merge(labels, on=list(vocab.KEY_COLUMNS), how="left", validate="one_to_one")
-    table = table.assign(**{column: with_labels[column].set_axis(table.index) for column in with_labels.columns
-                            if column not in vocab.KEY_COLUMNS})
-    del keys, with_labels
+    # The labels are merged onto the keys (a left merge keeps the keys' row order); the values stay where they
+    # are and are read a model group at a time.
+    table = prepared.keys.merge(labels, on=list(vocab.KEY_COLUMNS), how="left", validate="one_to_one")
     labelled_studies = labels.loc[labels["severity"].notna(), "study_id"].unique()
     in_labelled_study = table["study_id"].isin(labelled_studies).to_numpy()
+    # prepared row of each row used (rows of studies without labels are not)
+    prepared_row = np.flatnonzero(in_labelled_study)
     if not in_labelled_study.all():
         logger.info("%d feature rows belong to studies without labels; they are not used",
                     (~in_labelled_study).sum())
@@ -521,13 +615,23 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
     oof = {member.name: np.full((len(table), N_CLASSES), np.nan) for member in members}
     group_models, fit_seconds, dropped_columns = [], {}, {}
 
-    for group in model_groups(sorted(set(table["condition"])), config.share_sides, config.share_levels):
-        rows = group.rows(table)
+    def over_prepared(mask: np.ndarray) -> np.ndarray:
+        """A row mask over ``table`` as a row mask over ``prepared.keys``."""
+        full = np.zeros(len(prepared.keys), dtype=bool)
+        full[prepared_row[mask]] = True
+        return full
+
+    groups = model_groups(sorted(set(table["condition"])), config.share_sides, config.share_levels)
+    group_rows = {group.name: group.rows(table) for group in groups}
+    # Columns without any value in a group's labelled rows carry nothing to learn: dropped from its model.
+    with_values = prepared.columns_with_values({name: over_prepared(rows & labelled)
+                                                for name, rows in group_rows.items()})
+    for group in groups:
+        rows = group_rows[group.name]
         group_labelled = labelled[rows]
-        all_nan = table.loc[rows, feature_columns][group_labelled].isna().all(axis=0)
-        columns = [column for column in feature_columns if not all_nan[column]]
-        dropped_columns[group.name] = int(all_nan.sum())
-        X = _design_matrix(table, group, columns)
+        columns = with_values[group.name]
+        dropped_columns[group.name] = len(feature_columns) - len(columns)
+        X = _design_matrix(prepared, over_prepared(rows), group, columns)
         y, weight = severity[rows], train_weight[rows]
         study, fold = table.loc[rows, "study_id"].to_numpy(), row_fold[rows]
         _warn_if_leaves_too_large(group.name, int(group_labelled.sum()), members, config)
@@ -538,8 +642,8 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
             try:
                 oof[member.name][rows] = cv.out_of_fold_proba(make, X, y, weight, study, fold,
                                                                n_classes=N_CLASSES, seed=config.seed)
-                fitted[member.name] = cv.fit_grouped(make, X[group_labelled], y[group_labelled],
-                                                     weight[group_labelled], study[group_labelled], config.seed)
+                fitted[member.name] = cv.fit_grouped(make, X, y, weight, study, config.seed,
+                                                     rows=np.flatnonzero(group_labelled))
             except ValueError as exc:
                 split = group.level is not None or group.side is not None
                 hint = ("; with share_levels or share_sides false each model sees one level or side only: set "
@@ -547,7 +651,8 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
                 raise DataError(f"model {group.name}, member {member.name}: {exc}{hint}") from exc
             fit_seconds[group.name][member.name] = round(time.perf_counter() - start, 3)
             logger.info("trained %s / %s in %.1f s", group.name, member.name, fit_seconds[group.name][member.name])
-        group_models.append(GroupModel(group, tuple(X.columns), fitted))
+        group_models.append(GroupModel(group, (*columns, *group.key_features), fitted))
+        del X
 
     keys = table[list(vocab.KEY_COLUMNS)]
     metric_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)]

@@ -90,33 +90,46 @@ def early_stopping_split(groups: np.ndarray, y: np.ndarray, fraction: float, see
     return mask
 
 
-def fit_grouped(make_estimator: Callable[[], object], X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray,
-                groups: np.ndarray, seed: int):
-    """Fit ``make_estimator()`` on all rows; when it early-stops, its ``eval_set`` is a study-grouped split.
+def take_rows(X: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
+    """``X``'s rows at the positions ``rows`` (a copy), or ``X`` itself when ``rows`` are all of them in order."""
+    if len(rows) == len(X) and np.array_equal(rows, np.arange(len(X))):
+        return X
+    return X.iloc[rows] if isinstance(X, pd.DataFrame) else X[rows]
 
-    The estimator's ``early_stopping_rounds`` and ``validation_fraction`` parameters decide: with early
-    stopping, :func:`early_stopping_split` holds out whole studies, and the estimator trains on the rest.
+
+def fit_grouped(make_estimator: Callable[[], object], X: pd.DataFrame | np.ndarray, y: np.ndarray,
+                sample_weight: np.ndarray, groups: np.ndarray, seed: int, *, rows: np.ndarray | None = None):
+    """Fit ``make_estimator()`` on the rows of ``X`` at the positions ``rows`` (None: all); when it early-stops,
+    its ``eval_set`` is a study-grouped split of them.
+
+    ``y``, ``sample_weight``, ``groups`` (study ids) have one entry per row of ``X``. The estimator's
+    ``early_stopping_rounds`` and ``validation_fraction`` parameters decide: with early stopping,
+    :func:`early_stopping_split` holds out whole studies, and the estimator trains on the rest. ``X`` is copied
+    once: into the rows trained on and the rows stopped on.
     """
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    y, sample_weight, groups = y[rows], sample_weight[rows], groups[rows]
     estimator = make_estimator()
     if getattr(estimator, "early_stopping_rounds", None) is None:
-        return estimator.fit(X, y, sample_weight=sample_weight)
+        return estimator.fit(take_rows(X, rows), y, sample_weight=sample_weight)
     classes = set(np.unique(y).tolist())
     n_groups = len(np.unique(groups))
     if n_groups < max(2, round(1.0 / estimator.validation_fraction)):
         logger.warning("%d studies are too few for a study-grouped early-stopping split; fitting without early "
                        "stopping", n_groups)
-        return estimator.set_params(early_stopping_rounds=None).fit(X, y, sample_weight=sample_weight)
+        return estimator.set_params(early_stopping_rounds=None).fit(take_rows(X, rows), y,
+                                                                    sample_weight=sample_weight)
     for attempt in range(_SPLIT_ATTEMPTS):
         held_out = early_stopping_split(groups, y, estimator.validation_fraction, seed + 7919 * attempt)
         if set(np.unique(y[~held_out]).tolist()) == classes:
             return estimator.fit(
-                X[~held_out], y[~held_out], sample_weight=sample_weight[~held_out],
-                eval_set=(X[held_out], y[held_out], sample_weight[held_out]),
+                take_rows(X, rows[~held_out]), y[~held_out], sample_weight=sample_weight[~held_out],
+                eval_set=(take_rows(X, rows[held_out]), y[held_out], sample_weight[held_out]),
             )
     # A class so rare that every study-grouped hold-out takes all of it: train on everything, stop at n_estimators.
     logger.warning("no early-stopping split keeps every class %s in training (%d studies); fitting without "
                    "early stopping", sorted(classes), len(np.unique(groups)))
-    return estimator.set_params(early_stopping_rounds=None).fit(X, y, sample_weight=sample_weight)
+    return estimator.set_params(early_stopping_rounds=None).fit(take_rows(X, rows), y, sample_weight=sample_weight)
 
 
 def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:
@@ -132,7 +145,7 @@ def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:
 
 def out_of_fold_proba(
     make_estimator: Callable[[], object],
-    X: pd.DataFrame,
+    X: pd.DataFrame | np.ndarray,
     y: np.ndarray,
     sample_weight: np.ndarray,
     groups: np.ndarray,
@@ -153,8 +166,9 @@ def out_of_fold_proba(
     for k in np.unique(fold):
         train = labelled & (fold != k)
         test = fold == k
-        estimator = fit_grouped(make_estimator, X[train], y[train], sample_weight[train], groups[train], seed + int(k))
-        proba[test] = class_proba(estimator, X[test], n_classes)
+        estimator = fit_grouped(make_estimator, X, y, sample_weight, groups, seed + int(k),
+                                rows=np.flatnonzero(train))
+        proba[test] = class_proba(estimator, take_rows(X, np.flatnonzero(test)), n_classes)
     return proba
 
 

@@ -52,5 +52,6 @@ def shap_explanations(models, features: pd.DataFrame) -> dict[str, ConditionExpl
             outputs = [(f"{name}: margin of {label}", label) for label in vocab.SEVERITY_LABELS]
         keys = features.loc[rows, list(vocab.KEY_COLUMNS)].reset_index(drop=True)
         explanations[group_model.group.name] = ConditionExplanation.from_contributions(
-            group_model.group.name, name, list(X.columns), X, keys, estimator.shap_values(X), outputs)
+            group_model.group.name, name, list(group_model.feature_columns), X, keys, estimator.shap_values(X),
+            outputs)
     return explanations

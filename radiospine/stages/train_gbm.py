@@ -40,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from radiospine import artifacts
     from radiospine.features.stage import frame_hash, run_features_stage
-    from radiospine.features.store import read_features
+    from radiospine.features.store import open_features, read_features
     from radiospine.labels import labels_to_long, load_train_labels
     from radiospine.metrics import weighted_prior
     from radiospine.models.ablation import extractor_ablation
-    from radiospine.models.condition_models import prepare_features, train_condition_models
+    from radiospine.models.condition_models import prepare_stored_features, train_condition_models
     from radiospine.task import get_task
     from radiospine.workspace import Workspace
 
@@ -53,12 +53,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     feature_summary = run_features_stage(data, "train", workspace.root, config, jobs=args.jobs,
                                          scheduler=args.scheduler, progress=not args.no_progress)
-    features = read_features(workspace.features_dir("train"))
+    features_dir = workspace.features_dir("train")
     task = get_task(config.task)
     if task.metric != "rsna2024":
-        return _run_per_target(args, config, task, data, workspace, features, feature_summary, started)
+        return _run_per_target(args, config, task, data, workspace, read_features(features_dir), feature_summary,
+                               started)
+    # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
+    prepared = prepare_stored_features(features_dir, config.models.extractors)
     labels = labels_to_long(load_train_labels(data / "train.csv"))
-    inputs = {"features": frame_hash(features), "labels": frame_hash(labels)}
+    inputs = {"features": open_features(features_dir).content_hash(), "labels": frame_hash(labels)}
     out = workspace.models_dir
     if not args.force and artifacts.is_up_to_date(out, config=config.models, inputs=inputs):
         print(f"{out} is up to date (same features, labels and config); --force retrains")
@@ -66,14 +69,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     fit_started = time.perf_counter()
-    # The validated float64 values replace the table read from the store: one copy in memory while training.
-    prepared = prepare_features(features, config.models.extractors)
-    del features
     trained = train_condition_models(prepared, labels, config.models)
     if config.models.extractor_ablation:
         trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
                                                                   all_report=trained.report)
-    del prepared
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
     with artifacts.atomic_path(workspace.prior) as tmp:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench [--data bench/data] [--work bench/work] [--train-studies 200] [--test-studies 100]
                                [--jobs 2] [--config configs/default.yaml] [--feature-studies 8] [--out reports]
-                               [--fresh]
+                               [--memory-studies 200 1975] [--fresh]
 
 Every stage is a ``radiospine`` command run in a child process, exactly as a user runs it; for each, the wall
 time, the CPU seconds, the peak resident memory (RSS) of its whole process tree (:class:`TreeMonitor`) and the
@@ -21,6 +21,9 @@ score              the submission against ``truth/test_labels.csv``, beside the 
 report             the HTML report
 features-vs-naive  :mod:`benchmarks.bench_features` on ``--feature-studies`` training studies: throughput,
                    peak RSS and speed against a naive loop over the same ROIs
+memory-scale       :mod:`benchmarks.memory_scale`: peak RSS of train-gbm and of predict's model part on feature
+                   stores of ``--memory-studies`` studies with the real table's columns (no images; the stores
+                   are written into ``WORK/memory`` once)
 =================  ==============================================================================================
 
 Results go to ``OUT/bench.json`` and ``OUT/bench.md`` (field by field in the README), with the time of each stage
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--feature-studies", type=int, default=8,
                         help="training studies in the comparison against the naive loop")
+    parser.add_argument("--memory-studies", type=int, nargs="+", default=[200, 1975],
+                        help="studies of the memory-scale stage's feature stores")
     parser.add_argument("--fresh", action="store_true", help="delete --work and run every stage again")
     parser.add_argument("--small", action="store_true",
                         help="allow a --small data set (a quick check of the benchmark itself, not comparable figures)")
@@ -244,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     stages["features-vs-naive"] = record.run("features-vs-naive", [
         sys.executable, "-m", "benchmarks.bench_features", "--data", data, "--studies", str(args.feature_studies),
         "--jobs", str(args.jobs), "--out", str(args.work / "bench_features.json")], logs)
+    stages["memory-scale"] = record.run("memory-scale", [
+        sys.executable, "-m", "benchmarks.memory_scale", "--studies", *map(str, args.memory_studies), "--work",
+        str(args.work / "memory"), "--config", str(args.config), "--jobs", str(args.jobs)], logs)
 
     result = summarise(stages, data_manifest, args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +331,7 @@ def summarise(stages: dict[str, dict[str, Any]], data_manifest: dict, args: argp
         "stages": {name: {key: value for key, value in figures.items() if key != "output"}
                    for name, figures in stages.items()},
         "memory": memory_table(stages),
+        "memory_scale": stages["memory-scale"]["output"],
         "timing": timing,
         "real_train_set_hours": {f"{cores}_cores": round(sum(row[f"real_train_{cores}_cores_hours"]
                                                              for row in training), 2)
@@ -431,6 +440,19 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_mb(row['main_peak_rss_mb'])} | {_mb(row['largest_worker_peak_rss_mb'])}"
                      f"{workers} | {_mb(row['tree_peak_rss_mb'])} | {_yes_no(row['main_under_limit'])} | "
                      f"{_yes_no(row['workers_under_limit'])} |")
+    scale = result.get("memory_scale")
+    if scale:
+        lines += ["", "## Memory of the model stages at real data sizes", "",
+                  f"Feature stores of random values with the real table's {scale['columns']:,} columns (no images; "
+                  f"`benchmarks/memory_scale.py`, {scale['estimators']} boosting rounds at most); peak RSS in MB of "
+                  f"the process, against {scale['limit_mb']:,} MB.", "",
+                  "| studies | train-gbm: seconds | train-gbm: peak RSS | under limit | predict (models): seconds | "
+                  "predict (models): peak RSS | under limit |", "|---|---|---|---|---|---|---|"]
+        for studies, size in scale["sizes"].items():
+            train, predict = size["train"], size["predict"]
+            lines.append(f"| {int(studies):,} | {train['seconds']} | {_mb(train['peak_rss_mb'])} | "
+                         f"{_yes_no(train['under_limit'])} | {predict['seconds']} | {_mb(predict['peak_rss_mb'])} | "
+                         f"{_yes_no(predict['under_limit'])} |")
     lines.append("")
     for name, figures in result["stages"].items():
         lines.append(f"- `{name}`: {figures['seconds']} s wall, {figures['cpu_seconds']} s CPU, peak RSS "

@@ -87,6 +87,10 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
         "score": _stage(1.0, {"score": 0.6, **parts}),
         "report": _stage(20.0),
         "features-vs-naive": _stage(100.0, naive),
+        "memory-scale": _stage(900.0, {"columns": 4574, "estimators": 20, "limit_mb": 2000, "sizes": {"1975": {
+            "write_seconds": 0.0,
+            "train": {"seconds": 800.0, "cpu_seconds": 790.0, "peak_rss_mb": 1234.5, "under_limit": True},
+            "predict": {"seconds": 90.0, "cpu_seconds": 85.0, "peak_rss_mb": 2100.0, "under_limit": False}}}}),
     }
     manifest = {"studies": {"train": 200, "test": 100}, "seed": 1, "parameters": {"small": False},
                 "bytes": 9.5e9, "scores_on_test": {"oracle": {"score": 0.3}, "weighted_prior_train": {"score": 0.8}}}
@@ -118,4 +122,6 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     assert "| cnn + radiomics (all) | 4009 | 0.5500 |" in markdown
     assert "- cnn helped: without it the out-of-fold score is +0.0300 higher." in markdown
     assert "| features (train): describe | 200 | 600.0 |" in markdown
+    assert result["memory_scale"]["sizes"]["1975"]["train"]["peak_rss_mb"] == 1234.5
+    assert "| 1,975 | 800.0 | 1,234 | yes | 90.0 | 2,100 | **no** |" in markdown
     json.dumps(result)  # bench.json must be plain JSON

@@ -573,7 +573,7 @@ def train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lon
     Memory: one model group at a time, its design matrix in float32 (the values are read into it from the
     table or the store; the largest group, a sided condition, holds 10 of a study's 25 rows), plus one fit's
     training and early-stopping rows and the boosters' binned copies of them; the keys, labels and out-of-fold
-    predictions are small. With the store, 1,975 real-size studies (4,574 columns) peak at about 1.2 GB (README).
+    predictions are small. The boosters' histograms do not grow with the rows (README, "Memory per process").
     """
     with single_threaded_blas():
         return _train_condition_models(features, labels_long, config)

@@ -287,3 +287,21 @@ def test_a_config_change_moves_the_compacted_file_aside_with_the_shards(tmp_path
     opened(tmp_path, FeaturesConfig(radiomics=RadiomicsConfig(slice_mean=False)))
     assert not (tmp_path / store_module.COMPACT_NAME).exists()
     assert read_features(tmp_path).empty
+
+
+def test_pieces_and_content_hash_are_the_same_from_the_shards_and_the_compacted_file(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """train-gbm reads the table a piece at a time (iter_tables) and hashes it so (content_hash): the compacted
+    file (32-study batches, 3 here) and the shards (one study each) give the same rows and the same hash."""
+    store = compacted_store(tmp_path, [30, 4, 1000, 7, 12, 5, 99], 3, monkeypatch)
+    columns = ["study_id", "condition", MEAN]
+    from_shards = pd.concat([table.to_pandas() for table in store.iter_tables(columns)], ignore_index=True)
+    hash_of_shards = store.content_hash()
+    assert store.compact() is True
+    pieces = [table.to_pandas() for table in store.iter_tables(columns)]
+    assert len(pieces) == 3  # the compacted file's batches
+    pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), from_shards, check_exact=True)
+    pd.testing.assert_frame_equal(from_shards, shards_only(tmp_path)[columns], check_exact=True)
+    assert store.content_hash() == hash_of_shards
+    store.write_study(4, study_frame(4, 50.0))  # other values, another hash
+    assert store.content_hash() != hash_of_shards

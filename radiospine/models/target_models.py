@@ -252,8 +252,8 @@ def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task
         DataError: a target with fewer than two grades among its labelled rows, or too few labelled studies
             for ``models.n_folds`` folds.
     """
-    prepared = prepare_features(features, config.extractors)
-    table = prepared.table
+    prepared = prepare_features(features, config.extractors)  # validates; the values stay in `features`
+    table = features
     labelled = labels[labels["grade"].notna()]
     folds = study_folds(labelled["study_id"].to_numpy(), config.n_folds, config.seed)
     models, oof_parts, prior_parts = [], [], []

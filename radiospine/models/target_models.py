@@ -154,7 +154,8 @@ class TrainedTargetModels:
             of the rows that came from the prior.
         """
         study_ids = np.asarray(sorted({int(s) for s in study_ids}), dtype=np.int64)
-        table = prepare_features(features, self.config.extractors).table
+        prepare_features(features, self.config.extractors)  # validates; the values stay in `features`
+        table = features
         missing = sorted({c for model in self.models for c in model.feature_columns[:-1]} - set(table.columns))
         if missing:
             raise DataError(f"the feature table lacks {len(missing)} column(s) the models were trained on "

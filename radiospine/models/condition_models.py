@@ -366,6 +366,17 @@ class GroupModel:
     members: dict[str, _GBMClassifierBase]
 
 
+def write_model_card(directory: Path, card: dict[str, Any], oof_predictions: pd.DataFrame | None) -> Path:
+    """Write ``directory/model_card.json`` (atomic) and, when given, the out-of-fold predictions beside it;
+    returns the card's path. Shared by every kind of trained models (:mod:`radiospine.models.target_models`)."""
+    if oof_predictions is not None:
+        with atomic_path(directory / OOF_PREDICTIONS) as tmp:
+            oof_predictions.to_csv(tmp, index=False)
+    card_path = directory / MODEL_CARD
+    atomic_write_text(card_path, json.dumps(card, indent=2))
+    return card_path
+
+
 @dataclass
 class TrainedModels:
     """Everything :func:`train_condition_models` fitted, ready to predict and to save.
@@ -511,12 +522,7 @@ class TrainedModels:
             "any_severe": None if self.any_severe is None else self.any_severe.to_dict(),
             "report": self.report,
         }
-        if self.oof_predictions is not None:
-            with atomic_path(directory / OOF_PREDICTIONS) as tmp:
-                self.oof_predictions.to_csv(tmp, index=False)
-        card_path = directory / MODEL_CARD
-        atomic_write_text(card_path, json.dumps(card, indent=2))
-        return card_path
+        return write_model_card(directory, card, self.oof_predictions)
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainedModels:

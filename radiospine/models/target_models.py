@@ -46,20 +46,23 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from radiospine import metrics
-from radiospine.artifacts import atomic_path, atomic_write_text, library_versions
+from radiospine.artifacts import library_versions
 from radiospine.config import ModelsConfig, config_hash
 from radiospine.errors import DataError, MissingInputError
 from radiospine.features.columns import LEVEL_FEATURE, parse_column
 from radiospine.models import cv
-from radiospine.models.condition_models import make_member_estimator, prepare_features
+from radiospine.models.condition_models import (
+    MODEL_CARD,
+    make_member_estimator,
+    prepare_features,
+    write_model_card,
+)
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
 from radiospine.task import Target, Task, get_task
 from radiospine.threads import single_threaded_blas
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD = "model_card.json"
-OOF_PREDICTIONS = "oof_predictions.csv"
 CARD_FORMAT = "radiospine.target_models/1"
 _KEY = ["study_id", "target", "level"]
 _ESTIMATORS = {"OrdinalGBMClassifier": OrdinalGBMClassifier, "MulticlassGBMClassifier": MulticlassGBMClassifier}
@@ -194,12 +197,7 @@ class TrainedTargetModels:
         card = {"format": CARD_FORMAT, "task": self.task.name, "config": self.config.model_dump(mode="json"),
                 "config_hash": config_hash(self.config), "versions": library_versions(), "targets": targets,
                 "report": self.report}
-        if self.oof_predictions is not None:
-            with atomic_path(directory / OOF_PREDICTIONS) as tmp:
-                self.oof_predictions.to_csv(tmp, index=False)
-        card_path = directory / MODEL_CARD
-        atomic_write_text(card_path, json.dumps(card, indent=2))
-        return card_path
+        return write_model_card(directory, card, self.oof_predictions)
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainedTargetModels:

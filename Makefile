@@ -101,12 +101,14 @@ bench: $(STAMP)
 
 # The localiser on real MRI: SPIDER's 31 patients imported, patient-grouped 5-fold cross-validation, and a localiser
 # trained on synthetic studies only applied to them -> reports/bench_real.json, .md and bench_real_points.png.
-# REAL_DATA is a SPIDER folder (volumes/, radiological_gradings.csv); nothing else in the project needs it.
-REAL_DATA ?= ../shared/realdata/spider
+# REAL_DATA (required) is a SPIDER folder: volumes/ and radiological_gradings.csv (SPIDER, Zenodo record 10159290,
+# CC BY 4.0; README section "Real MRI"); nothing else in the project needs it.
+REAL_DATA ?=
 BENCH_REAL_WORK ?= bench_real
 BENCH_REAL_CONFIG ?= configs/bench_real.yaml
 BENCH_REAL_ARGS ?=
 bench-real: $(STAMP)
+	@test -n "$(REAL_DATA)" || { echo "make bench-real needs REAL_DATA=SPIDER_DIR (a folder with volumes/ and radiological_gradings.csv)"; exit 2; }
 	$(PY) -m benchmarks.bench_real --real $(REAL_DATA) --work $(BENCH_REAL_WORK) --config $(BENCH_REAL_CONFIG) \
 		$(BENCH_REAL_ARGS)
 	$(PY) -m benchmarks.real_grading --volumes $(REAL_DATA)/volumes --gradings $(REAL_DATA)/radiological_gradings.csv \

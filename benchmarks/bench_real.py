@@ -1,6 +1,6 @@
 """`make bench-real`: the level localiser on real MRI (SPIDER), trained on SPIDER folds and on synthetic studies.
 
-    python -m benchmarks.bench_real [--real ../shared/realdata/spider] [--work bench_real] [--out reports]
+    python -m benchmarks.bench_real --real SPIDER_DIR [--work bench_real] [--out reports]
                                     [--folds 5] [--synth-studies 16] [--jobs 1] [--config FILE] [--set key=value ...]
 
 Steps, each timed (wall seconds, ``times`` in the JSON; each training task's own seconds in ``task_timings``).
@@ -206,8 +206,8 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, default=REPO.parent / "shared" / "realdata" / "spider",
-                        help="SPIDER folder: volumes/ and radiological_gradings.csv")
+    parser.add_argument("--real", type=Path, required=True,
+                        help="SPIDER folder: volumes/ and radiological_gradings.csv (SPIDER, Zenodo record 10159290)")
     parser.add_argument("--work", type=Path, default=REPO / "bench_real")
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     parser.add_argument("--folds", type=int, default=5)

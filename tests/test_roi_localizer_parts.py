@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from radiospine.config import LocalizerAugment, LocalizerConfig
-from radiospine.errors import CheckpointError
+from radiospine.errors import CheckpointError, MissingInputError
 from radiospine.geometry import make_affine, patient_to_voxel, voxel_to_patient
 from radiospine.io.volume import Volume
 from radiospine.roi.localizer.evaluation import summarise_evaluation
@@ -23,7 +23,7 @@ from radiospine.roi.localizer.grids import (
     stack_inputs,
 )
 from radiospine.roi.localizer.inference import _interpolate_levels, lateral_offsets_mm, point_on_stack
-from radiospine.roi.localizer.model import Localizer, load_localizer, save_localizer
+from radiospine.roi.localizer.model import Localizer, load_localizer, localizer_files, save_localizer
 from radiospine.roi.localizer.training import augment
 from radiospine.roi.localizer.unet import UNet, UNetSpec
 
@@ -103,6 +103,24 @@ def test_saved_localiser_loads_back_and_tampered_weights_are_refused(tmp_path) -
     torch.save({key: value + 1 for key, value in nets[1].state_dict().items()}, tmp_path / "axial.pt")
     with pytest.raises(CheckpointError, match=r"axial.pt: the weights do not match .*radiospine train-localizer"):
         load_localizer(tmp_path, "cpu")
+
+
+def test_a_saved_localisers_files_are_those_of_its_trained_networks(tmp_path) -> None:
+    """Regression: export-model copied a fixed list with axial.pt, so a sagittal-only localiser (SPIDER) could not
+    be bundled."""
+    torch.manual_seed(0)
+    sagittal = UNet(UNetSpec(in_channels=3, out_channels=10, base_channels=4, depth=2))
+    both, only_sagittal = tmp_path / "both", tmp_path / "sagittal"
+    axial = UNet(UNetSpec(in_channels=3, out_channels=2, base_channels=4, depth=2))
+    save_localizer(Localizer(sagittal, axial, LocalizerConfig(), {}, torch.device("cpu")), both)
+    save_localizer(Localizer(sagittal, None, LocalizerConfig(), {}, torch.device("cpu"), ("foraminal", "axial")),
+                   only_sagittal)
+    assert [p.name for p in localizer_files(both)] == ["localizer.json", "sagittal.pt", "sagittal.json", "axial.pt",
+                                                       "axial.json"]
+    assert [p.name for p in localizer_files(only_sagittal)] == ["localizer.json", "sagittal.pt", "sagittal.json"]
+    assert all(p.is_file() for p in localizer_files(both) + localizer_files(only_sagittal))
+    with pytest.raises(MissingInputError, match="radiospine train-localizer"):
+        localizer_files(tmp_path / "none")
 
 
 def test_foramen_side_comes_from_geometry_not_instance_order() -> None:

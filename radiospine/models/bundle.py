@@ -37,6 +37,7 @@ from radiospine.errors import BundleError, MissingInputError, UserError
 from radiospine.features.cnn import FULL_MODEL
 from radiospine.hashing import file_sha256
 from radiospine.models.condition_models import MODEL_CARD
+from radiospine.roi.localizer.model import localizer_files
 from radiospine.workspace import Workspace
 
 #: The bundle layout's version: a bundle written with another is refused.
@@ -45,7 +46,6 @@ BUNDLE_FILE = "bundle.json"
 CARD_FILE = "model_card.json"
 CONFIG_FILE = "config.yaml"
 RADIOMICS_FILE = "radiomics.yaml"
-LOCALIZER_FILES = ("localizer.json", "sagittal.pt", "sagittal.json", "axial.pt", "axial.json")
 #: Files of ``WORK/models`` left out: the out-of-fold predictions (training rows, not needed to grade) and the
 #: manifest (it names the work folder's inputs).
 _MODELS_LEFT_OUT = frozenset({"oof_predictions.csv", MANIFEST_NAME})
@@ -60,16 +60,10 @@ class ModelBundle:
     description: dict[str, Any]
 
     @property
-    def localizer_dir(self) -> Path:
-        return self.root / "localizer"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def prior(self) -> Path:
-        return self.models_dir / "prior.csv"
+    def layout(self) -> Workspace:
+        """The bundle's localiser, models and prior lie where a work folder has them (``layout.localizer_dir``,
+        ``layout.models_dir``, ``layout.prior``)."""
+        return Workspace(self.root)
 
     @property
     def card(self) -> dict[str, Any]:
@@ -118,8 +112,9 @@ def export_bundle(work_dir: str | Path, out_dir: str | Path, config: RadiospineC
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    for name in LOCALIZER_FILES:
-        _copy(workspace.localizer_dir / name, out_dir / "localizer" / name, "radiospine train-localizer")
+    bundled = Workspace(out_dir)
+    for path in localizer_files(workspace.localizer_dir):
+        _copy(path, bundled.localizer_dir / path.name, "radiospine train-localizer")
     if config.features.cnn.enabled:
         source = Path(config.features.cnn.checkpoint).expanduser() if config.features.cnn.checkpoint else \
             features_dir / "_cnn" / f"{FULL_MODEL}.pt"
@@ -130,8 +125,8 @@ def export_bundle(work_dir: str | Path, out_dir: str | Path, config: RadiospineC
     for path in sorted(workspace.models_dir.rglob("*")):
         relative = path.relative_to(workspace.models_dir)
         if path.is_file() and relative.name not in _MODELS_LEFT_OUT and not relative.name.startswith("."):
-            _copy(path, out_dir / "models" / relative, "radiospine train-gbm")
-    if not (out_dir / "models" / "prior.csv").is_file():
+            _copy(path, bundled.models_dir / relative, "radiospine train-gbm")
+    if not bundled.prior.is_file():
         raise MissingInputError(f"{workspace.prior} does not exist: run radiospine train-gbm first")
 
     tree = config.model_dump(mode="json")

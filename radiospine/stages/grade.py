@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     bundle = open_bundle(args.model)
     config = bundle_config(bundle, args)
-    models = TrainedModels.load(bundle.models_dir)
-    prior = pd.read_csv(bundle.prior)
+    models = TrainedModels.load(bundle.layout.models_dir)
+    prior = pd.read_csv(bundle.layout.prior)
     out = artifacts.prepare_output_folder(args.out, OUTPUT_ENTRIES, overwrite=args.overwrite)
     workspace = Workspace(out / "_work")
     timings["load"] = time.perf_counter() - started
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if gradable:
         step = time.perf_counter()
         localize(data, SPLIT, workspace.root, config.roi, device=config.localizer.device, threads=args.threads,
-                 localizer_dir=bundle.localizer_dir)
+                 localizer_dir=bundle.layout.localizer_dir)
         timings["localize"] = time.perf_counter() - step
         step = time.perf_counter()
         run_features_stage(data, SPLIT, workspace.root, config, jobs=args.jobs, progress=not args.no_progress)

@@ -63,22 +63,22 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         bundle = open_bundle(args.model)
         config = bundle_config(bundle, args)
-        models_dir, prior_path, localizer_dir = bundle.models_dir, bundle.prior, bundle.localizer_dir
+        layout = bundle.layout
     else:
         config = config_from_arguments(args)
-        models_dir, prior_path, localizer_dir = workspace.models_dir, workspace.prior, workspace.localizer_dir
+        layout = workspace
     per_target = get_task(config.task).metric != "rsna2024"
     if per_target:
-        models = TrainedTargetModels.load(models_dir)
+        models = TrainedTargetModels.load(layout.models_dir)
     else:
-        models = TrainedModels.load(models_dir)
-        prior = pd.read_csv(prior_path)
+        models = TrainedModels.load(layout.models_dir)
+        prior = pd.read_csv(layout.prior)
     study_ids = study_ids_of_split(data, args.split)
     timings["load"] = time.perf_counter() - started
 
     step = time.perf_counter()
     localized = localize(data, args.split, workspace.root, config.roi, device=config.localizer.device,
-                         threads=args.threads, localizer_dir=localizer_dir)
+                         threads=args.threads, localizer_dir=layout.localizer_dir)
     timings["localize"] = time.perf_counter() - step
 
     step = time.perf_counter()

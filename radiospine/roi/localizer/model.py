@@ -85,6 +85,22 @@ def save_localizer(localizer: Localizer, folder: str | Path, extra: dict | None 
     atomic_write_text(folder / "localizer.json", json.dumps(description, indent=2))
 
 
+def localizer_files(folder: str | Path) -> list[Path]:
+    """The files a localiser saved in ``folder`` (:func:`save_localizer`) consists of: ``localizer.json`` and the
+    checkpoint and sidecar of each trained network (no ``axial.pt`` for a localiser trained without axial series).
+
+    Raises:
+        MissingInputError: ``folder`` holds no ``localizer.json``.
+    """
+    folder = Path(folder)
+    path = folder / "localizer.json"
+    if not path.is_file():
+        raise MissingInputError(f"{path} does not exist: {TRAIN_FIX}")
+    untrained = json.loads(path.read_text()).get("untrained", ())
+    checkpoints = [folder / f"{kind}.pt" for kind in ("sagittal", "axial") if kind not in untrained]
+    return [path, *(file for checkpoint in checkpoints for file in (checkpoint, sidecar_path(checkpoint)))]
+
+
 def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
     """Load what :func:`save_localizer` wrote in ``folder``, on ``device`` (a ``localizer.device`` setting).
 

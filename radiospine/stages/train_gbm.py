@@ -58,17 +58,15 @@ def run(args: argparse.Namespace) -> int:
     if task.metric != "rsna2024":
         return _run_per_target(args, config, task, data, workspace, read_features(features_dir), feature_summary,
                                started)
-    # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
-    prepared = prepare_stored_features(features_dir, config.models.extractors)
     labels = labels_to_long(load_train_labels(data / "train.csv"))
     inputs = {"features": open_features(features_dir).content_hash(), "labels": frame_hash(labels)}
     out = workspace.models_dir
-    if not args.force and artifacts.is_up_to_date(out, config=config.models, inputs=inputs):
-        print(f"{out} is up to date (same features, labels and config); --force retrains")
-        print(json.dumps({"models": str(out), "skipped": True}))
+    if _up_to_date(out, config, inputs, args.force):
         return 0
 
     fit_started = time.perf_counter()
+    # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
+    prepared = prepare_stored_features(features_dir, config.models.extractors)
     trained = train_condition_models(prepared, labels, config.models)
     if config.models.extractor_ablation:
         trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
@@ -100,9 +98,7 @@ def _run_per_target(args, config, task, data: Path, workspace, features, feature
     labels = load_task_labels(data / task.labels_file, task)
     inputs = {"features": frame_hash(features), "labels": frame_hash(labels), "task": task.name}
     out = workspace.models_dir
-    if not args.force and artifacts.is_up_to_date(out, config=config.models, inputs=inputs):
-        print(f"{out} is up to date (same features, labels, task and config); --force retrains")
-        print(json.dumps({"models": str(out), "skipped": True}))
+    if _up_to_date(out, config, inputs, args.force):
         return 0
     fit_started = time.perf_counter()
     trained = train_target_models(features, labels, task, config.models)
@@ -117,3 +113,14 @@ def _run_per_target(args, config, task, data: Path, workspace, features, feature
                                                                          "qwk", "auc", "accuracy")}
                               for row in scores}}, default=str))
     return 0
+
+
+def _up_to_date(out: Path, config, inputs: dict, force: bool) -> bool:
+    """True (and says so) when ``out`` was written from the same ``inputs`` and models config and not ``force``."""
+    from radiospine import artifacts
+
+    if force or not artifacts.is_up_to_date(out, config=config.models, inputs=inputs):
+        return False
+    print(f"{out} is up to date (same inputs: {', '.join(inputs)}; same models config); --force retrains")
+    print(json.dumps({"models": str(out), "skipped": True}))
+    return True

@@ -15,6 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 from export_synthetic import DIFFUSION_DESCRIPTION, LOCALIZER_DESCRIPTION, build_export
+from tiny_pipeline import TINY_PIPELINE, set_options
 
 from radiospine import vocab
 from radiospine.cli import main
@@ -27,15 +28,7 @@ from radiospine.stages.grade import NO_SERIES_REASON
 
 pytestmark = pytest.mark.slow
 
-TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
-        "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
-        "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",
-        "localizer.device=cpu",
-        "features.radiomics.params=radiomics/original_only.yaml", "features.radiomics.slice_mean=false",
-        "features.cnn.epochs=1", "features.cnn.folds=2", "features.cnn.input_size=32", "features.cnn.widths=[8,16]",
-        "features.cnn.embedding_size=4", "features.cnn.device=cpu",
-        "models.n_folds=2", "models.gbm.n_estimators=20", "models.gbm.min_child_samples=3"]
-SETTINGS = [token for setting in TINY for token in ("--set", setting)]
+SETTINGS = set_options(TINY_PIPELINE)
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from tiny_pipeline import TINY_PIPELINE, set_options
 
 from radiospine.checkpoint import load_checkpoint, save_checkpoint
 from radiospine.cli import main
@@ -45,14 +46,6 @@ from radiospine.features.store import COMPACT_METADATA_KEY, COMPACT_NAME
 
 pytestmark = pytest.mark.slow
 
-TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
-        "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
-        "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",
-        "localizer.device=cpu",
-        "features.radiomics.params=radiomics/original_only.yaml", "features.radiomics.slice_mean=false",
-        "features.cnn.epochs=1", "features.cnn.folds=2", "features.cnn.input_size=32", "features.cnn.widths=[8,16]",
-        "features.cnn.embedding_size=4", "features.cnn.device=cpu",
-        "models.n_folds=2", "models.gbm.n_estimators=20", "models.gbm.min_child_samples=3"]
 
 #: JSON files whose bytes legitimately differ between runs (work-folder relative), compared without the fields
 #: named in :func:`_without_volatile_fields` (see the module docstring).
@@ -110,7 +103,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_pipeline(data: Path, work: Path, jobs: int, *extra: str) -> None:
-    settings = [token for setting in [*TINY, *extra] for token in ("--set", setting)]
+    settings = set_options([*TINY_PIPELINE, *extra])
     assert main(["train-localizer", "--data", str(data), "--work", str(work), *settings]) == 0
     assert main(["train-gbm", "--data", str(data), "--work", str(work), "--jobs", str(jobs), "--no-progress",
                  *settings]) == 0

@@ -4,7 +4,7 @@
                                       [--estimators 20] [--jobs 2] [--out FILE.json]
 
 No images are needed. For each number of studies N, a feature store of N studies with the real table's columns
-(the ``--config``'s extractors and views: 4,574 columns with ``configs/default.yaml``) is written through the
+(the ``--config``'s extractors and views: 4,487 columns with ``configs/default.yaml``) is written through the
 store's own writer (:class:`radiospine.features.store.FeatureStore`) and compacted, as the feature stage leaves
 it (about 0.6 s of CPU per study to write and compact; 1.8 GB of compacted file and as much of shards at 1,975
 studies); values are random normal (2% NaN), labels random with about the real set's class shares. Then two child
@@ -37,7 +37,7 @@ from benchmarks.monitor import TreeMonitor
 from radiospine import vocab
 from radiospine.config import load_config
 from radiospine.features.base import STATUS_OK
-from radiospine.features.cnn import embedding_names
+from radiospine.features.columns import CNN_PROBABILITY_FEATURES
 from radiospine.features.driver import table_columns
 from radiospine.features.radiomics import RadiomicsExtractor
 from radiospine.features.store import FeatureStore, table_schema
@@ -54,15 +54,13 @@ SEED = 2026
 
 
 class _CnnColumns:
-    """The CNN extractor's name and feature names (its embedding), without a network: what the table needs."""
+    """The CNN extractor's name and feature names (its probability of each severity), without a network."""
 
     name = "cnn"
 
-    def __init__(self, embedding_size: int) -> None:
-        self.embedding_size = embedding_size
-
-    def feature_names(self) -> list[str]:
-        return embedding_names(self.embedding_size)
+    @staticmethod
+    def feature_names() -> list[str]:
+        return list(CNN_PROBABILITY_FEATURES)
 
 
 def real_columns(config_path: Path) -> tuple[list[str], set[str]]:
@@ -73,7 +71,7 @@ def real_columns(config_path: Path) -> tuple[list[str], set[str]]:
         extractors.append(RadiomicsExtractor(config.features.radiomics.params_path(),
                                              slice_mean=config.features.radiomics.slice_mean))
     if config.features.cnn.enabled:
-        extractors.append(_CnnColumns(config.features.cnn.embedding_size))
+        extractors.append(_CnnColumns())
     return table_columns(extractors, config.features.views)
 
 

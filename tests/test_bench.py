@@ -125,3 +125,22 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     assert result["memory_scale"]["sizes"]["1975"]["train"]["peak_rss_mb"] == 1234.5
     assert "| 1,975 | 800.0 | 1,234 | yes | 90.0 | 2,100 | **no** |" in markdown
     json.dumps(result)  # bench.json must be plain JSON
+
+
+def test_memory_scale_writes_a_store_with_the_feature_stage_columns_and_trains_and_predicts_on_it(tmp_path):
+    # a regression test: the stage imported a CNN helper that no longer existed and failed only at the end of a bench
+    from benchmarks import memory_scale
+    from radiospine.config import load_config
+    from radiospine.features.columns import CNN_PROBABILITY_FEATURES
+
+    config = REPO / "configs" / "demo.yaml"
+    columns, _ = memory_scale.real_columns(config)
+    views = load_config(config).features.views
+    assert {f"cnn__{view}__{name}" for view in views for name in CNN_PROBABILITY_FEATURES} <= set(columns)
+    out = tmp_path / "memory.json"
+    assert memory_scale.main(["--studies", "6", "--work", str(tmp_path / "memory"), "--config", str(config),
+                              "--estimators", "2", "--jobs", "1", "--out", str(out)]) == 0
+    size = json.loads(out.read_text())["sizes"]["6"]
+    assert 0 < size["train"]["output"]["oof"] < 5
+    assert size["predict"]["output"]["rows"] == 6 * 25
+    assert 0 < size["train"]["peak_rss_mb"] < memory_scale.MEMORY_LIMIT_MB

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from radiospine import metrics, vocab
 from radiospine.models import cv
+from radiospine.models.fits import FitData, SerialFits, fold_fits
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,11 @@ def test_out_of_fold_never_trains_on_the_study_it_predicts(labels):
     y = labels["severity"].astype("Float64").fillna(-1).to_numpy(dtype=np.int64)
     X = pd.DataFrame({"study": study})
     _SpyClassifier.fits = []
-    proba = cv.out_of_fold_proba(_SpyClassifier, X, y, np.ones(len(y)), study, fold, n_classes=3, seed=0)
-    assert len(_SpyClassifier.fits) == 4
+    fits = fold_fits(("spy",), _SpyClassifier, y, fold, seed=0, n_classes=3)
+    proba = np.full((len(y), 3), np.nan)
+    for fit, result, _ in SerialFits().run([(FitData(X, y, np.ones(len(y)), study), fits)]):
+        proba[fit.predict_rows] = result
+    assert len(_SpyClassifier.fits) == 4 and [fit.key for fit in fits] == [("spy", k) for k in range(4)]
     for k, (trained, stopped) in enumerate(_SpyClassifier.fits):
         predicted = set(study[fold == k])
         assert not trained & predicted and not stopped & predicted and not trained & stopped

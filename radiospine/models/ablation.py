@@ -35,6 +35,7 @@ import pandas as pd
 from radiospine.config import ModelsConfig
 from radiospine.features.columns import parse_column
 from radiospine.models.condition_models import PreparedFeatures, train_condition_models
+from radiospine.models.fits import FitRunner
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _scores(report: Mapping[str, Any], n_columns: int) -> dict[str, float | int]
 
 
 def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, config: ModelsConfig, *,
-                       all_report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                       all_report: Mapping[str, Any] | None = None, runner: FitRunner | None = None
+                       ) -> dict[str, Any]:
     """The ablation record of the extractors in ``prepared`` (see the module docstring).
 
     Args:
@@ -64,6 +66,7 @@ def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, co
         config: the ``models`` config every run trains with.
         all_report: the report (``TrainedModels.report``) of the models already trained on all of ``prepared``;
             None trains them here too.
+        runner: where the fits run (:mod:`radiospine.models.fits`; None: this process).
     """
     extractor_of = {column: parse_column(column).extractor for column in prepared.columns}
     extractors = sorted(set(extractor_of.values()))
@@ -83,7 +86,7 @@ def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, co
         log.info("extractor ablation: training on %s (%d columns)", name, len(columns))
         failed = {e: n for e, n in prepared.failed_rows.items() if e in subset}
         trained = train_condition_models(dataclasses.replace(prepared, columns=columns, failed_rows=failed),
-                                         labels_long, config)
+                                         labels_long, config, runner)
         runs[name] = _scores(trained.report, len(columns))
     all_name = run_name(extractors)
     gain, helped = {}, {}

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,6 +77,7 @@ from radiospine.models.calibration import (
     make_calibrator,
 )
 from radiospine.models.ensemble import blend, fit_blend_weights
+from radiospine.models.fits import Fit, FitData, FitFailed, FitRunner, SerialFits, fold_fits
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
 from radiospine.submission import fill_missing_with_prior
 from radiospine.threads import single_threaded_blas
@@ -341,10 +341,11 @@ def _design_matrix(prepared: PreparedFeatures, rows: np.ndarray, group: ModelGro
     return X
 
 
-def make_member_estimator(member: ModelMember, config: ModelsConfig) -> _GBMClassifierBase:
-    """A new, unfitted estimator of ``member`` with the config's booster parameters."""
+def make_member_estimator(member: ModelMember, config: ModelsConfig, threads: int = 1) -> _GBMClassifierBase:
+    """A new, unfitted estimator of ``member`` with the config's booster parameters and ``threads`` threads per
+    booster (which do not change its results)."""
     return _FORMULATIONS[member.formulation](
-        backend=member.backend, random_state=config.seed, n_jobs=config.n_jobs, **config.gbm.model_dump()
+        backend=member.backend, random_state=config.seed, n_jobs=threads, **config.gbm.model_dump()
     )
 
 
@@ -566,27 +567,30 @@ def _long_predictions(keys: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
 
 
 def train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_long: pd.DataFrame,
-                           config: ModelsConfig) -> TrainedModels:
+                           config: ModelsConfig, runner: FitRunner | None = None) -> TrainedModels:
     """Train, blend, calibrate and score the per-condition models (see the module docstring).
 
     ``features``: the feature table, or what :func:`prepare_features` or :func:`prepare_stored_features` (a
     table in the feature store, never read whole) made of it with ``config.extractors``; ``labels_long``: long labels;
-    ``config``: the ``models`` config section. Only studies with at least one label are used. The labelled rows
-    must cover all three base conditions (the metric has four parts). BLAS runs on one thread
-    (:func:`radiospine.threads.single_threaded_blas`): with the boosters' seeds and ``models.n_jobs`` threads, the
-    same table and config give the same models bit for bit.
+    ``config``: the ``models`` config section; ``runner``: where the fits run (:mod:`radiospine.models.fits`: this
+    process, worker processes or a Dask cluster; None: this process, one thread). Only studies with at least one
+    label are used. The labelled rows must cover all three base conditions (the metric has four parts). BLAS runs
+    on one thread (:func:`radiospine.threads.single_threaded_blas`): with the boosters' seeds, the same table and
+    config give the same models bit for bit, whatever the runner and its threads per fit.
 
-    Memory: one model group at a time, its design matrix in float32 (the values are read into it from the
-    table or the store; the largest group, a sided condition, holds 10 of a study's 25 rows), plus one fit's
-    training and early-stopping rows and the boosters' binned copies of them; the keys, labels and out-of-fold
-    predictions are small. The boosters' histograms do not grow with the rows (README, "Memory per process").
+    Memory: in this process, one model group's design matrix at a time in float32 (the values are read into it
+    from the table or the store; the largest group, a sided condition, holds 10 of a study's 25 rows; with a
+    serial runner a fit's training and early-stopping rows and the boosters' binned copies of them come on top);
+    a worker maps the design matrix of the fit it runs and copies the fit's rows. The keys, labels and
+    out-of-fold predictions are small. The boosters' histograms do not grow with the rows (README, "Memory per
+    process").
     """
     with single_threaded_blas():
-        return _train_condition_models(features, labels_long, config)
+        return _train_condition_models(features, labels_long, config, runner or SerialFits())
 
 
 def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_long: pd.DataFrame,
-                            config: ModelsConfig) -> TrainedModels:
+                            config: ModelsConfig, runner: FitRunner) -> TrainedModels:
     prepared = features if isinstance(features, PreparedFeatures) else prepare_features(features, config.extractors)
     feature_columns, failed_rows = prepared.columns, prepared.failed_rows
     labels = metrics.as_long_labels(labels_long)
@@ -633,32 +637,48 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
     with_values = prepared.columns_with_values({name: over_prepared(rows & labelled)
                                                 for name, rows in group_rows.items()})
     for group in groups:
-        rows = group_rows[group.name]
-        group_labelled = labelled[rows]
-        columns = with_values[group.name]
-        dropped_columns[group.name] = len(feature_columns) - len(columns)
-        X = _design_matrix(prepared, over_prepared(rows), group, columns)
-        y, weight = severity[rows], train_weight[rows]
-        study, fold = table.loc[rows, "study_id"].to_numpy(), row_fold[rows]
-        _warn_if_leaves_too_large(group.name, int(group_labelled.sum()), members, config)
-        fitted, fit_seconds[group.name] = {}, {}
-        for member in members:
-            make = partial(make_member_estimator, member, config)
-            start = time.perf_counter()
-            try:
-                oof[member.name][rows] = cv.out_of_fold_proba(make, X, y, weight, study, fold,
-                                                               n_classes=N_CLASSES, seed=config.seed)
-                fitted[member.name] = cv.fit_grouped(make, X, y, weight, study, config.seed,
-                                                     rows=np.flatnonzero(group_labelled))
-            except ValueError as exc:
-                split = group.level is not None or group.side is not None
-                hint = ("; with share_levels or share_sides false each model sees one level or side only: set "
-                        "them true or add studies") if split else ""
-                raise DataError(f"model {group.name}, member {member.name}: {exc}{hint}") from exc
-            fit_seconds[group.name][member.name] = round(time.perf_counter() - start, 3)
-            logger.info("trained %s / %s in %.1f s", group.name, member.name, fit_seconds[group.name][member.name])
-        group_models.append(GroupModel(group, (*columns, *group.key_features), fitted))
-        del X
+        dropped_columns[group.name] = len(feature_columns) - len(with_values[group.name])
+        _warn_if_leaves_too_large(group.name, int(labelled[group_rows[group.name]].sum()), members, config)
+
+    def batches() -> Iterator[tuple[FitData, list[Fit]]]:
+        """Per group, its design matrix (made only when the runner asks for it) and its members' fits."""
+        for group in groups:
+            rows = group_rows[group.name]
+            y, fold = severity[rows], row_fold[rows]
+            fits = []
+            for member in members:
+                make = partial(make_member_estimator, member, config, threads=runner.threads)
+                fits += fold_fits((group.name, member.name), make, y, fold, config.seed, N_CLASSES)
+                fits.append(Fit((group.name, member.name, None), make, config.seed, np.flatnonzero(y >= 0)))
+            yield FitData(_design_matrix(prepared, over_prepared(rows), group, with_values[group.name]), y,
+                          train_weight[rows], table.loc[rows, "study_id"].to_numpy()), fits
+
+    fitted: dict[str, dict[str, _GBMClassifierBase]] = {group.name: {} for group in groups}
+    seconds: dict[tuple[str, str], dict[int | None, float]] = {}
+    try:
+        for fit, result, fit_time in runner.run(batches()):
+            group_name, member_name, k = fit.key
+            seconds.setdefault((group_name, member_name), {})[k] = fit_time
+            if k is None:
+                fitted[group_name][member_name] = result
+            else:
+                oof[member_name][np.flatnonzero(group_rows[group_name])[fit.predict_rows]] = result
+    except FitFailed as failure:
+        if not isinstance(failure.error, ValueError):
+            raise failure.error from failure
+        group = next(group for group in groups if group.name == failure.key[0])
+        split = group.level is not None or group.side is not None
+        hint = ("; with share_levels or share_sides false each model sees one level or side only: set "
+                "them true or add studies") if split else ""
+        raise DataError(f"model {group.name}, member {failure.key[1]}: {failure.error}{hint}") from failure.error
+    for group in groups:
+        # seconds of a member's fits (its folds' and the full fit's), each timed where it ran, summed in fold order
+        fit_seconds[group.name] = {member.name: round(sum(v for _, v in sorted(
+            seconds[group.name, member.name].items(), key=lambda item: -1 if item[0] is None else item[0])), 3)
+            for member in members}
+        logger.info("trained %s: %s s of fits", group.name, fit_seconds[group.name])
+        group_models.append(GroupModel(group, (*with_values[group.name], *group.key_features),
+                                       {member.name: fitted[group.name][member.name] for member in members}))
 
     keys = table[list(vocab.KEY_COLUMNS)]
     metric_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)]

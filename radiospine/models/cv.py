@@ -143,35 +143,6 @@ def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:
     return proba
 
 
-def out_of_fold_proba(
-    make_estimator: Callable[[], object],
-    X: pd.DataFrame | np.ndarray,
-    y: np.ndarray,
-    sample_weight: np.ndarray,
-    groups: np.ndarray,
-    fold: np.ndarray,
-    *,
-    n_classes: int,
-    seed: int,
-) -> np.ndarray:
-    """Out-of-fold class probabilities (n_rows, n_classes) for every row of ``X``.
-
-    ``y``: (n_rows,) class indices 0..n_classes-1, negative where the label is missing (such rows are
-    predicted but never trained on); ``groups``: (n_rows,) study ids; ``fold``: (n_rows,) fold index per row
-    (constant within a study). For each fold, an estimator is fitted (:func:`fit_grouped`) on the labelled
-    rows of the other folds and predicts that fold's rows (:func:`class_proba`).
-    """
-    proba = np.full((len(y), n_classes), np.nan)
-    labelled = y >= 0
-    for k in np.unique(fold):
-        train = labelled & (fold != k)
-        test = fold == k
-        estimator = fit_grouped(make_estimator, X, y, sample_weight, groups, seed + int(k),
-                                rows=np.flatnonzero(train))
-        proba[test] = class_proba(estimator, take_rows(X, np.flatnonzero(test)), n_classes)
-    return proba
-
-
 def fold_scores(labels: pd.DataFrame, predictions: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
     """The metric of out-of-fold ``predictions`` on each fold's studies and on all studies.
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from radiospine.models.condition_models import (
     prepare_features,
     write_model_card,
 )
+from radiospine.models.fits import Fit, FitData, FitRunner, SerialFits, fold_fits
 from radiospine.models.ordinal import MulticlassGBMClassifier, OrdinalGBMClassifier, _GBMClassifierBase
 from radiospine.task import Target, Task, get_task
 from radiospine.threads import single_threaded_blas
@@ -219,67 +221,97 @@ class TrainedTargetModels:
         return cls(task, ModelsConfig.model_validate(card["config"]), models, card["report"])
 
 
-def _out_of_fold(X: pd.DataFrame, y: np.ndarray, weight: np.ndarray, groups: np.ndarray, fold: np.ndarray,
-                 levels: np.ndarray, target: Target, task: Task, config: ModelsConfig
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold ``(n_rows, K)`` probabilities of the members' average and of the level-only prior.
+@dataclass(frozen=True)
+class _TargetRows:
+    """One target's training rows: ``keys`` (``study_id, level``), ``data`` (design matrix, grade indices, weights,
+    study ids) and ``fold`` ((n_rows,) fold index), all labelled."""
 
-    A fold whose training rows hold a single grade (a rare finding, a small data set) gets the prior there too,
-    with a warning: no classifier can be fitted on one class.
-    """
-    proba, prior = np.empty((len(y), target.n_grades)), np.empty((len(y), target.n_grades))
+    target: Target
+    keys: pd.DataFrame
+    data: FitData
+    fold: np.ndarray
+
+
+def _fold_prior(rows: _TargetRows, task: Task) -> tuple[np.ndarray, list[int]]:
+    """Out-of-fold ``(n_rows, K)`` level-only prior probabilities, and the folds whose training rows hold a single
+    grade (a rare finding, a small data set): no classifier can be fitted on one class, so those folds are
+    predicted by the prior (with a warning)."""
+    y, levels, target = rows.data.y, rows.keys["level"].to_numpy(), rows.target
+    prior = np.empty((len(y), target.n_grades))
     level_index = pd.Index(task.levels).get_indexer(levels)
-    for k in np.unique(fold):
-        train, test = fold != k, fold == k
+    single = []
+    for k in np.unique(rows.fold):
+        train, test = rows.fold != k, rows.fold == k
         prior[test] = metrics.level_prior(levels[train], y[train], target, task.levels)[level_index[test]]
         if len(np.unique(y[train])) < 2:
             logger.warning("%s: the training rows of fold %d hold grade %s only; the fold is predicted by the "
                            "level-only prior", target.name, k, target.grades[int(y[train][0])])
-            proba[test] = prior[test]
-            continue
-        members = [cv.fit_grouped(lambda m=member: make_member_estimator(m, config), X[train], y[train],
-                                  weight[train], groups[train], config.seed + int(k)) for member in config.members]
-        proba[test] = np.mean([cv.class_proba(estimator, X[test], target.n_grades) for estimator in members], axis=0)
-    return proba, prior
+            single.append(int(k))
+    return prior, single
 
 
-def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task, config: ModelsConfig
-                        ) -> TrainedTargetModels:
-    """Fit and score every target of ``task`` (module docstring); BLAS on one thread.
+def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task, config: ModelsConfig,
+                        runner: FitRunner | None = None) -> TrainedTargetModels:
+    """Fit and score every target of ``task`` (module docstring); BLAS on one thread. ``runner``: where the fits
+    run (:mod:`radiospine.models.fits`; None: this process), which does not change the results.
 
     Raises:
         DataError: a target with fewer than two grades among its labelled rows, or too few labelled studies
             for ``models.n_folds`` folds.
     """
+    runner = runner or SerialFits()
     prepared = prepare_features(features, config.extractors)  # validates; the values stay in `features`
     table = features
     labelled = labels[labels["grade"].notna()]
     folds = study_folds(labelled["study_id"].to_numpy(), config.n_folds, config.seed)
-    models, oof_parts, prior_parts = [], [], []
+    targets: list[_TargetRows] = []
+    for target in task.targets:
+        keys, X_all = design_matrix(table, target, task, view_columns(prepared.columns, target))
+        y = _grades_of(keys, labels, target)
+        if len(np.unique(y[y >= 0])) < 2:
+            raise DataError(f"target {target.name} has {len(np.unique(y[y >= 0]))} grade(s) among its "
+                            f"{int((y >= 0).sum())} labelled rows with features; it needs two or more")
+        keep = [c for c in X_all.columns[:-1] if X_all.loc[y >= 0, c].notna().any()] + [LEVEL_FEATURE]
+        X = X_all[keep]
+        rows = (y >= 0) & keys["study_id"].isin(folds.index).to_numpy()
+        X, y, keys = X[rows].reset_index(drop=True), y[rows], keys[rows].reset_index(drop=True)
+        groups = keys["study_id"].to_numpy(np.int64)
+        weight = (np.asarray(target.weights)[y] if config.sample_weighting == "metric" else np.ones(len(y)))
+        fold = folds.reindex(groups).to_numpy(np.int64)
+        targets.append(_TargetRows(target, keys, FitData(X, y, weight, groups), fold))
+
+    priors = {rows.target.name: _fold_prior(rows, task) for rows in targets}
+
+    def batches() -> Iterator[tuple[FitData, list[Fit]]]:
+        for rows in targets:
+            fits = []
+            for member in config.members:
+                make = partial(make_member_estimator, member, config, threads=runner.threads)
+                key = (rows.target.name, member.name)
+                fits += [fit for fit in fold_fits(key, make, rows.data.y, rows.fold, config.seed, rows.target.n_grades)
+                         if fit.key[-1] not in priors[rows.target.name][1]]
+                fits.append(Fit((*key, None), make, config.seed, np.arange(len(rows.data.y))))
+            yield rows.data, fits
+
+    results: dict[tuple, Any] = {}
     with single_threaded_blas():
-        for target in task.targets:
-            keys, X_all = design_matrix(table, target, task, view_columns(prepared.columns, target))
-            y = _grades_of(keys, labels, target)
-            if len(np.unique(y[y >= 0])) < 2:
-                raise DataError(f"target {target.name} has {len(np.unique(y[y >= 0]))} grade(s) among its "
-                                f"{int((y >= 0).sum())} labelled rows with features; it needs two or more")
-            keep = [c for c in X_all.columns[:-1] if X_all.loc[y >= 0, c].notna().any()] + [LEVEL_FEATURE]
-            X = X_all[keep]
-            rows = (y >= 0) & keys["study_id"].isin(folds.index).to_numpy()
-            X, y, keys = X[rows].reset_index(drop=True), y[rows], keys[rows].reset_index(drop=True)
-            groups = keys["study_id"].to_numpy(np.int64)
-            fold = folds.reindex(groups).to_numpy(np.int64)
-            weight = (np.asarray(target.weights)[y] if config.sample_weighting == "metric"
-                      else np.ones(len(y)))
-            oof, prior_oof = _out_of_fold(X, y, weight, groups, fold, keys["level"].to_numpy(), target, task, config)
-            members = {member.name: cv.fit_grouped(lambda m=member: make_member_estimator(m, config), X, y, weight,
-                                                   groups, config.seed)
-                       for member in config.members}
-            prior = metrics.level_prior(keys["level"].to_numpy(), y, target, task.levels)
-            models.append(TargetModel(target, tuple(X.columns), members, prior))
-            oof_parts.append(_long(keys, target, oof, task))
-            prior_parts.append(_long(keys, target, prior_oof, task))
-            logger.info("%s: %d labelled rows, %d feature columns", target.name, len(y), X.shape[1])
+        for fit, result, _ in runner.run(batches()):
+            results[fit.key] = result
+        models, oof_parts, prior_parts = [], [], []
+        for rows in targets:
+            target, (prior_oof, single) = rows.target, priors[rows.target.name]
+            oof = prior_oof.copy()
+            for k in np.unique(rows.fold):
+                if int(k) not in single:
+                    oof[rows.fold == k] = np.mean([results[target.name, member.name, int(k)]
+                                                   for member in config.members], axis=0)
+            members = {member.name: results[target.name, member.name, None] for member in config.members}
+            prior = metrics.level_prior(rows.keys["level"].to_numpy(), rows.data.y, target, task.levels)
+            models.append(TargetModel(target, tuple(rows.data.X.columns), members, prior))
+            oof_parts.append(_long(rows.keys, target, oof, task))
+            prior_parts.append(_long(rows.keys, target, prior_oof, task))
+            logger.info("%s: %d labelled rows, %d feature columns", target.name, len(rows.data.y),
+                        rows.data.X.shape[1])
     oof_predictions = pd.concat(oof_parts, ignore_index=True)
     scores = metrics.score_targets(labels, oof_predictions, task, baseline=pd.concat(prior_parts,
                                                                                       ignore_index=True))

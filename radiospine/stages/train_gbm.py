@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder in the Kaggle layout (train.csv, train_images/)")
     parser.add_argument("--work", required=True, help="work folder (features and models go there)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes for the feature stage and the GBM fits (results unchanged)")
     parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
     parser.add_argument("--force", action="store_true", help="retrain even if WORK/models is up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.metrics import weighted_prior
     from radiospine.models.ablation import extractor_ablation
     from radiospine.models.condition_models import prepare_stored_features, train_condition_models
+    from radiospine.models.fits import fit_runner
     from radiospine.task import get_task
     from radiospine.workspace import Workspace
 
@@ -67,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
     fit_started = time.perf_counter()
     # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
     prepared = prepare_stored_features(features_dir, config.models.extractors)
-    trained = train_condition_models(prepared, labels, config.models)
-    if config.models.extractor_ablation:
-        trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
-                                                                  all_report=trained.report)
+    with fit_runner(jobs=args.jobs, threads=config.models.n_jobs) as runner:
+        trained = train_condition_models(prepared, labels, config.models, runner)
+        if config.models.extractor_ablation:
+            trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
+                                                                      all_report=trained.report, runner=runner)
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
     with artifacts.atomic_path(workspace.prior) as tmp:
@@ -93,6 +96,7 @@ def _run_per_target(args, config, task, data: Path, workspace, features, feature
     from radiospine import artifacts
     from radiospine.features.stage import frame_hash
     from radiospine.labels import load_task_labels
+    from radiospine.models.fits import fit_runner
     from radiospine.models.target_models import train_target_models
 
     labels = load_task_labels(data / task.labels_file, task)
@@ -101,7 +105,8 @@ def _run_per_target(args, config, task, data: Path, workspace, features, feature
     if _up_to_date(out, config, inputs, args.force):
         return 0
     fit_started = time.perf_counter()
-    trained = train_target_models(features, labels, task, config.models)
+    with fit_runner(jobs=args.jobs, threads=config.models.n_jobs) as runner:
+        trained = train_target_models(features, labels, task, config.models, runner)
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
     artifacts.write_manifest(out, stage="train-gbm", config=config.models, inputs=inputs,

@@ -1,0 +1,105 @@
+"""GBM fits side by side (radiospine.models.fits): the same models, bit for bit, from this process and from two
+worker processes, for the per-condition driver and the per-target (spider) driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models_synthetic import make_feature_table
+from test_models_target import spider_table
+
+from radiospine.config import ModelsConfig
+from radiospine.errors import DataError
+from radiospine.models.condition_models import train_condition_models
+from radiospine.models.fits import Fit, FitData, FitFailed, ProcessFits, SerialFits
+from radiospine.models.target_models import train_target_models
+from radiospine.task import SPIDER
+
+CONFIG = ModelsConfig.model_validate({
+    "n_folds": 3,
+    "gbm": {"n_estimators": 30, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": 6}})
+
+
+def folder_bytes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes), except those named in ``skip``."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name not in skip}
+
+
+def without_seconds(report: dict) -> dict:
+    return {key: value for key, value in report.items() if key != "fit_seconds"}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_feature_table(n_studies=30, n_features=12, seed=5)
+
+
+def test_two_worker_processes_give_the_serial_models_bit_for_bit(synthetic, tmp_path: Path) -> None:
+    serial = train_condition_models(synthetic.features, synthetic.labels, CONFIG)
+    with ProcessFits(jobs=2) as runner:
+        parallel = train_condition_models(synthetic.features, synthetic.labels, CONFIG, runner)
+    serial.save(tmp_path / "serial")
+    parallel.save(tmp_path / "parallel")
+    files = folder_bytes(tmp_path / "serial", skip=("model_card.json",))
+    assert sum(name.endswith((".txt", ".json")) for name in files) >= 3 * 2 * 2  # groups x members x boosters
+    assert files == folder_bytes(tmp_path / "parallel", skip=("model_card.json",))  # boosters, oof predictions
+    assert serial.oof_predictions.equals(parallel.oof_predictions)
+    assert without_seconds(serial.report) == without_seconds(parallel.report)  # cv scores, calibration, ...
+    assert serial.report["fit_seconds"].keys() == parallel.report["fit_seconds"].keys()
+    assert all(seconds > 0 for member in parallel.report["fit_seconds"].values() for seconds in member.values())
+    assert serial.blend_weights == parallel.blend_weights
+
+
+def test_the_spider_task_trains_the_same_models_in_two_worker_processes(tmp_path: Path) -> None:
+    features, labels = spider_table(n_studies=24)
+    config = CONFIG.model_copy(update={"members": CONFIG.members[:1],
+                                       "gbm": CONFIG.gbm.model_copy(update={"min_child_samples": 5})})
+    serial = train_target_models(features, labels, SPIDER, config)
+    with ProcessFits(jobs=2) as runner:
+        parallel = train_target_models(features, labels, SPIDER, config, runner)
+    serial.save(tmp_path / "serial")
+    parallel.save(tmp_path / "parallel")
+    assert folder_bytes(tmp_path / "serial") == folder_bytes(tmp_path / "parallel")
+    assert serial.oof_predictions.equals(parallel.oof_predictions)
+
+
+def _raise_on_fit():
+    raise ValueError("no fit today")
+
+
+def test_a_failing_fit_is_reported_with_its_key_and_the_batch_files_are_removed(synthetic, tmp_path) -> None:
+    y = np.zeros(10, dtype=np.int64)
+    data = FitData(np.zeros((10, 2), np.float32), y, np.ones(10), np.arange(10))
+    with ProcessFits(jobs=2) as runner:
+        with pytest.raises(FitFailed) as failure:
+            list(runner.run([(data, [Fit(("group", "member", None), _raise_on_fit, 0, np.arange(10))])]))
+        assert list(runner._folder.iterdir()) == []
+    assert failure.value.key == ("group", "member", None) and isinstance(failure.value.error, ValueError)
+    assert not runner._folder.exists()
+    # the driver names the model group and member in a DataError
+    one_class = synthetic.labels.assign(severity=synthetic.labels["severity"].where(
+        synthetic.labels["condition"] != "spinal_canal_stenosis", 0))
+    with pytest.raises(DataError, match="model spinal_canal_stenosis, member lightgbm_ordinal"):
+        train_condition_models(synthetic.features, one_class, CONFIG, SerialFits())
+
+
+def test_batches_are_taken_only_when_workers_would_idle() -> None:
+    """With two workers and batches of three fits, the second batch is made only after the first's fits were
+    submitted and one of them came back: at most two batches (design matrices) exist at once."""
+    made = []
+
+    def batches():
+        for number in range(4):
+            made.append(number)
+            y = np.array([0, 1] * 10)
+            data = FitData(np.arange(20, dtype=np.float32)[:, None], y, np.ones(20), np.arange(20))
+            yield data, [Fit((number, k), _raise_on_fit, 0, np.arange(20)) for k in range(3)]
+
+    runner = SerialFits()
+    runner.workers = 2
+    with pytest.raises(FitFailed):
+        next(iter(runner.run(batches())))
+    assert made == [0]

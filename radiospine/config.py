@@ -7,6 +7,7 @@ knows when its inputs changed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,10 @@ from pydantic import (
 from radiospine.errors import ConfigError
 from radiospine.hashing import json_hash
 from radiospine.task import DEFAULT_TASK, TASKS
+from radiospine.threads import ResourceBudget, resource_budget
 from radiospine.vocab import VIEWS, View
+
+logger = logging.getLogger(__name__)
 
 #: The folder of the shipped YAML configs (``configs/`` at the top of the repository).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -193,8 +197,19 @@ class ModelsConfig(Section):
     blend_step: float = Field(default=0.05, gt=0.0, le=1.0)
     n_folds: int = Field(default=5, ge=2)
     seed: int = 0
-    n_jobs: PositiveInt = 1
     gbm: GbmParams = GbmParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threads_moved(cls, data: Any) -> Any:
+        """``models.n_jobs`` (the boosters' threads) was a models setting until the resource budget took it
+        (``resources.threads``): model cards and bundles written before still hold it. It never changed a model,
+        so it is dropped, with a warning."""
+        if isinstance(data, dict) and "n_jobs" in data:
+            logger.warning("models.n_jobs is no longer read (an old config, model card or bundle): the boosters' "
+                           "threads are resources.threads or train-gbm --threads")
+            data = {key: value for key, value in data.items() if key != "n_jobs"}
+        return data
 
     @model_validator(mode="after")
     def _members_distinct(self) -> ModelsConfig:
@@ -265,10 +280,20 @@ class FeaturesConfig(Section):
         return self
 
 
+class ResourcesConfig(Section):
+    """The resource budget (:func:`radiospine.threads.resource_budget`): worker processes and compute threads per
+    process; None sizes them from the free cores. ``--jobs`` and ``--threads`` override them; results do not
+    depend on them."""
+
+    jobs: PositiveInt | None = None
+    threads: PositiveInt | None = None
+
+
 class RadiospineConfig(Section):
     """The root of ``configs/default.yaml``."""
 
     task: str = DEFAULT_TASK
+    resources: ResourcesConfig = ResourcesConfig()
     synth: SynthConfig = SynthConfig()
     roi: RoiConfig = RoiConfig()
     localizer: LocalizerConfig = LocalizerConfig()
@@ -348,3 +373,12 @@ def add_config_arguments(parser: Any) -> None:
 def config_from_arguments(args: Any) -> RadiospineConfig:
     """The config named by :func:`add_config_arguments`' options."""
     return load_config(args.config, args.overrides)
+
+
+def budget_from_arguments(args: Any, config: RadiospineConfig, *, threads: bool = False) -> ResourceBudget:
+    """The run's processes x threads: ``--jobs`` (and, with ``threads``, ``--threads``) when given, else
+    ``resources.jobs`` / ``resources.threads``, else sized from the machine's free cores
+    (:func:`radiospine.threads.resource_budget`)."""
+    jobs = args.jobs if getattr(args, "jobs", None) is not None else config.resources.jobs
+    given_threads = getattr(args, "threads", None) if threads else None
+    return resource_budget(jobs, given_threads if given_threads is not None else config.resources.threads)

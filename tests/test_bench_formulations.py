@@ -10,7 +10,7 @@ from radiospine.config import GbmParams, ModelsConfig
 
 def test_compare_formulations_reports_metric_and_time():
     gbm = GbmParams(n_estimators=10, learning_rate=0.3, min_child_samples=5, early_stopping_rounds=None)
-    base = ModelsConfig(n_folds=2, n_jobs=1, gbm=gbm)
+    base = ModelsConfig(n_folds=2, gbm=gbm)
     table = compare_formulations(n_studies=16, n_features=10, n_informative=4, backends=("lightgbm",), base=base)
     assert table[["backend", "formulation"]].values.tolist() == [["lightgbm", "ordinal"], ["lightgbm", "multiclass"]]
     figures = table[["spinal", "foraminal", "subarticular", "any_severe_spinal", "score", "raw_score",

@@ -85,10 +85,11 @@ def test_runners_do_not_import_each_other() -> None:
             assert forbidden not in text, f"{path.name}: {forbidden}"
 
 
-def test_an_out_of_range_argument_is_a_user_error(tmp_path, capsys) -> None:
-    assert main(["features", "--data", str(tmp_path), "--split", "train", "--work", str(tmp_path),
-                 "--jobs", "0"]) == 2
-    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+def test_an_out_of_range_argument_is_a_usage_error(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_code:
+        main(["features", "--data", str(tmp_path), "--split", "train", "--work", str(tmp_path), "--jobs", "0"])
+    assert exit_code.value.code == 2
+    assert "argument --jobs: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_a_missing_stage_artifact_is_one_line(tmp_path, capsys) -> None:

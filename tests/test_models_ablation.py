@@ -10,7 +10,7 @@ from radiospine.models.ablation import ablation_markdown, extractor_ablation
 from radiospine.models.condition_models import prepare_features, train_condition_models
 
 CONFIG = ModelsConfig.model_validate(
-    {"n_folds": 3, "n_jobs": 1, "members": [{"backend": "lightgbm", "formulation": "ordinal"}],
+    {"n_folds": 3, "members": [{"backend": "lightgbm", "formulation": "ordinal"}],
      "gbm": {"n_estimators": 40, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": 8}})
 
 

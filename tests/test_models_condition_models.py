@@ -33,7 +33,7 @@ def feature_columns_of(features: pd.DataFrame) -> list[str]:
 
 
 def _config(**overrides) -> ModelsConfig:
-    tree = {"n_folds": 3, "n_jobs": 1,
+    tree = {"n_folds": 3,
             "gbm": {"n_estimators": 40, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": 8}}
     return ModelsConfig.model_validate({**tree, **overrides})
 

@@ -1,8 +1,10 @@
 """GBM fits side by side (radiospine.models.fits): the same models, bit for bit, from this process and from two
-worker processes, for the per-condition driver and the per-target (spider) driver."""
+worker processes, for the per-condition driver and the per-target (spider) driver, and with any number of threads
+per booster."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from radiospine.config import ModelsConfig
 from radiospine.errors import DataError
 from radiospine.models.condition_models import train_condition_models
 from radiospine.models.fits import Fit, FitData, FitFailed, ProcessFits, SerialFits
+from radiospine.models.ordinal import ESTIMATOR_FILE, MulticlassGBMClassifier, OrdinalGBMClassifier
 from radiospine.models.target_models import train_target_models
 from radiospine.task import SPIDER
 
@@ -64,6 +67,24 @@ def test_the_spider_task_trains_the_same_models_in_two_worker_processes(tmp_path
     parallel.save(tmp_path / "parallel")
     assert folder_bytes(tmp_path / "serial") == folder_bytes(tmp_path / "parallel")
     assert serial.oof_predictions.equals(parallel.oof_predictions)
+
+
+@pytest.mark.parametrize("backend", ["lightgbm", "xgboost"])
+@pytest.mark.parametrize("estimator", [OrdinalGBMClassifier, MulticlassGBMClassifier])
+def test_the_number_of_booster_threads_changes_nothing(backend: str, estimator, tmp_path: Path) -> None:
+    """LightGBM (deterministic, force_col_wise, num_threads from OpenMP) and XGBoost (hist) fit the same trees, to
+    the byte of the saved files, with 1 and 3 threads, with bagging, column sampling and early stopping."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 12)).astype(np.float32)
+    y = np.digitize(X[:, 0] + X[:, 1] ** 2 + rng.normal(size=3000), [0.5, 2.0])
+    files = []
+    for threads in (1, 3):
+        model = estimator(backend=backend, n_estimators=40, subsample=0.7, colsample=0.6, min_child_samples=20,
+                          early_stopping_rounds=5, n_jobs=threads, random_state=4).fit(X, y)
+        model.to_native(tmp_path / str(threads))
+        files.append(folder_bytes(tmp_path / str(threads)))
+        assert "n_jobs" not in json.loads(files[-1][ESTIMATOR_FILE])["params"]
+    assert files[0] == files[1]
 
 
 def _raise_on_fit():

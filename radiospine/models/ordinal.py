@@ -37,6 +37,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from radiospine.errors import DataError, MissingInputError
 
@@ -99,7 +100,9 @@ class _LightGBMBackend:
             "feature_fraction": estimator.colsample,
             "lambda_l2": estimator.reg_lambda,
             "seed": seed,
-            "num_threads": estimator.n_jobs,
+            # 0: OpenMP's thread count, limited to n_jobs below. The saved model lists its parameters, and a
+            # num_threads of n_jobs would be the one byte in which the same trees differ between thread budgets.
+            "num_threads": 0,
             "deterministic": True,
             "force_col_wise": True,
             "verbosity": -1,
@@ -113,9 +116,10 @@ class _LightGBMBackend:
             Xv, yv, wv = valid
             valid_sets = [lightgbm.Dataset(Xv, label=yv, weight=wv, reference=train_set)]
             callbacks = [lightgbm.early_stopping(estimator.early_stopping_rounds, verbose=False)]
-        booster = lightgbm.train(
-            params, train_set, num_boost_round=estimator.n_estimators, valid_sets=valid_sets, callbacks=callbacks
-        )
+        with threadpool_limits(limits=estimator.n_jobs, user_api="openmp"):
+            booster = lightgbm.train(
+                params, train_set, num_boost_round=estimator.n_estimators, valid_sets=valid_sets, callbacks=callbacks
+            )
         if valid is not None:
             # Keep only the trees up to the best validation round, so prediction and saving need no bookkeeping.
             booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
@@ -251,7 +255,8 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
     validation_fraction : share of the rows held out (stratified by class) for early stopping when ``fit`` gets
         no ``eval_set``. Rows of one group (study) may land on both sides of this split; pass ``eval_set`` for
         a grouped split.
-    n_jobs : threads per booster.
+    n_jobs : threads per booster (fitting and predicting); the models are the same bit for bit with any number
+        (LightGBM ``deterministic``, XGBoost ``hist``), and it is not saved: a loaded estimator has 1.
 
     Rows with zero sample weight are removed before training: they carry no loss, and removing them keeps them
     out of LightGBM's row counts (``min_child_samples``) and histogram bins.
@@ -456,11 +461,12 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         """Write the boosters in their native formats plus ``estimator.json`` into ``directory`` (created).
 
         Files: ``model_<k>.txt`` (LightGBM text) or ``model_<k>.json`` (XGBoost JSON), one per booster, and
-        ``estimator.json`` with the class name, parameters, classes (and their dtype), ``n_features_in_`` and
-        ``feature_names_in_``. Returns the directory.
+        ``estimator.json`` with the class name, parameters (not ``n_jobs``), classes (and their dtype),
+        ``n_features_in_`` and ``feature_names_in_``. Returns the directory.
         """
         check_is_fitted(self)
-        params = self.get_params()
+        # n_jobs is how many threads fitted it, which changes nothing in the model (the file would differ by it)
+        params = {name: value for name, value in self.get_params().items() if name != "n_jobs"}
         if not (params["random_state"] is None or isinstance(params["random_state"], (int, np.integer))):
             raise ValueError("to_native needs random_state to be an int or None, not a RandomState instance")
         params["random_state"] = None if params["random_state"] is None else int(params["random_state"])

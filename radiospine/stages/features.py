@@ -12,14 +12,15 @@ import argparse
 import json
 
 from radiospine.catalog import SPLITS
-from radiospine.config import add_config_arguments, config_from_arguments
+from radiospine.config import add_config_arguments, budget_from_arguments, config_from_arguments
+from radiospine.threads import add_jobs_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder in the Kaggle layout")
     parser.add_argument("--split", choices=SPLITS, required=True)
     parser.add_argument("--work", required=True, help="work folder (features go to WORK/features/<split>)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    add_jobs_argument(parser, "the per-study work")
     parser.add_argument("--scheduler", default=None, metavar="ADDR",
                         help="run the per-study work on an existing Dask cluster, e.g. tcp://host:8786")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -27,13 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radiospine.errors import UserError
     from radiospine.features.stage import run_features_stage
 
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     config = config_from_arguments(args)
-    summary = run_features_stage(args.data, args.split, args.work, config, jobs=args.jobs, scheduler=args.scheduler,
+    budget = budget_from_arguments(args, config)
+    summary = run_features_stage(args.data, args.split, args.work, config, jobs=budget.jobs, scheduler=args.scheduler,
                                  progress=not args.no_progress)
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "budget": budget.as_dict()}))
     return 0

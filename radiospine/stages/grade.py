@@ -24,8 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from radiospine.config import add_config_arguments
-from radiospine.threads import add_threads_argument
+from radiospine.config import add_config_arguments, budget_from_arguments
+from radiospine.threads import add_jobs_argument, add_threads_argument
 
 #: What ``grade`` writes directly inside ``OUT`` (replaced with ``--overwrite``).
 OUTPUT_ENTRIES = ("index.html", "studies", "findings.csv", "series.csv", "skipped.csv", "grade.json", "_work")
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle (radiospine export-model)")
     parser.add_argument("--out", required=True, help="output folder (index.html, studies/, findings.csv ...)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
+    add_jobs_argument(parser, "the feature stage")
     parser.add_argument("--no-thumbnails", action="store_true", help="study pages without ROI thumbnails")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_argument(parser)
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                  localizer_dir=bundle.layout.localizer_dir)
         timings["localize"] = time.perf_counter() - step
         step = time.perf_counter()
-        run_features_stage(data, SPLIT, workspace.root, config, jobs=args.jobs, progress=not args.no_progress)
+        run_features_stage(data, SPLIT, workspace.root, config, jobs=budget_from_arguments(args, config).jobs,
+                           progress=not args.no_progress)
         timings["features"] = time.perf_counter() - step
         step = time.perf_counter()
         predictions, filled = models.predict_stored_studies(workspace.features_dir(SPLIT), gradable, prior)

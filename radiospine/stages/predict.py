@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from radiospine.catalog import SPLITS
-from radiospine.config import add_config_arguments, config_from_arguments
-from radiospine.threads import add_threads_argument
+from radiospine.config import add_config_arguments, budget_from_arguments, config_from_arguments
+from radiospine.threads import add_jobs_argument, add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="a model bundle (radiospine export-model) instead of WORK's trained models")
     parser.add_argument("--out", required=True, help="the submission CSV to write")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the feature stage")
+    add_jobs_argument(parser, "the feature stage")
     parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_argument(parser)
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     timings["localize"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    run_features_stage(data, args.split, workspace.root, config, jobs=args.jobs, scheduler=args.scheduler,
+    budget = budget_from_arguments(args, config)
+    run_features_stage(data, args.split, workspace.root, config, jobs=budget.jobs, scheduler=args.scheduler,
                        progress=not args.no_progress)
     timings["features"] = time.perf_counter() - step
 
@@ -114,6 +115,6 @@ def run(args: argparse.Namespace) -> int:
                "rows_from_prior": len(filled), "localizer": {k: localized.get(k) for k in ("fallback_points",
                                                                                                "missing_points")
                                                                     if k in localized},
-               "seconds": {k: round(v, 1) for k, v in timings.items()}}
+               "seconds": {k: round(v, 1) for k, v in timings.items()}, "budget": budget.as_dict()}
     print(json.dumps(summary, default=str))
     return 0

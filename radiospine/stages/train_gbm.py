@@ -22,7 +22,8 @@ import logging
 import time
 from pathlib import Path
 
-from radiospine.config import add_config_arguments, config_from_arguments
+from radiospine.config import add_config_arguments, budget_from_arguments, config_from_arguments
+from radiospine.threads import add_jobs_argument, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder in the Kaggle layout (train.csv, train_images/)")
     parser.add_argument("--work", required=True, help="work folder (features and models go there)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="worker processes for the feature stage and the GBM fits (results unchanged)")
+    add_jobs_argument(parser, "the feature stage and the GBM fits")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads per booster fit (default: resources.threads, else the free cores // --jobs; "
+                             "results do not depend on it)")
     parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
     parser.add_argument("--force", action="store_true", help="retrain even if WORK/models is up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -51,15 +54,17 @@ def run(args: argparse.Namespace) -> int:
     from radiospine.workspace import Workspace
 
     config = config_from_arguments(args)
+    budget = budget_from_arguments(args, config, threads=True)
+    log.info("resource budget: %s", budget.as_dict())
     data, workspace = Path(args.data), Workspace(args.work)
     started = time.perf_counter()
-    feature_summary = run_features_stage(data, "train", workspace.root, config, jobs=args.jobs,
+    feature_summary = run_features_stage(data, "train", workspace.root, config, jobs=budget.jobs,
                                          scheduler=args.scheduler, progress=not args.no_progress)
     features_dir = workspace.features_dir("train")
     task = get_task(config.task)
     if task.metric != "rsna2024":
-        return _run_per_target(args, config, task, data, workspace, read_features(features_dir), feature_summary,
-                               started)
+        return _run_per_target(args, config, budget, task, data, workspace, read_features(features_dir),
+                               feature_summary, started)
     labels = labels_to_long(load_train_labels(data / "train.csv"))
     inputs = {"features": open_features(features_dir).content_hash(), "labels": frame_hash(labels)}
     out = workspace.models_dir
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     fit_started = time.perf_counter()
     # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
     prepared = prepare_stored_features(features_dir, config.models.extractors)
-    with fit_runner(jobs=args.jobs, threads=config.models.n_jobs) as runner:
+    with fit_runner(jobs=budget.jobs, threads=budget.threads) as runner:
         trained = train_condition_models(prepared, labels, config.models, runner)
         if config.models.extractor_ablation:
             trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     cv = trained.report["cv_scores"]
     summary = {"models": str(out), "features_seconds": feature_summary["seconds"],
                "fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-               "oof": cv["final"]["all"],
+               "budget": budget.as_dict(), "oof": cv["final"]["all"],
                "oof_by_member": {name: scores["all"]["score"] for name, scores in cv.items()},
                "extractor_ablation": trained.report.get("extractor_ablation"),
                "weighted_prior_in_sample": trained.report["weighted_prior_in_sample"]}
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_per_target(args, config, task, data: Path, workspace, features, feature_summary: dict, started: float) -> int:
+def _run_per_target(args, config, budget, task, data: Path, workspace, features, feature_summary: dict,
+                    started: float) -> int:
     """train-gbm for a task scored per target (module docstring)."""
     from radiospine import artifacts
     from radiospine.features.stage import frame_hash
@@ -105,18 +111,19 @@ def _run_per_target(args, config, task, data: Path, workspace, features, feature
     if _up_to_date(out, config, inputs, args.force):
         return 0
     fit_started = time.perf_counter()
-    with fit_runner(jobs=args.jobs, threads=config.models.n_jobs) as runner:
+    with fit_runner(jobs=budget.jobs, threads=budget.threads) as runner:
         trained = train_target_models(features, labels, task, config.models, runner)
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)
     artifacts.write_manifest(out, stage="train-gbm", config=config.models, inputs=inputs,
                              extra={"fit_seconds": round(fit_seconds, 1)})
     scores = trained.report["oof_scores"]
+    oof = {row["target"]: {key: row[key] for key in ("weighted_log_loss", "prior_weighted_log_loss", "qwk", "auc",
+                                                     "accuracy")}
+           for row in scores}
     print(json.dumps({"models": str(out), "task": task.name, "features_seconds": feature_summary["seconds"],
                       "fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-                      "oof": {row["target"]: {key: row[key] for key in ("weighted_log_loss", "prior_weighted_log_loss",
-                                                                         "qwk", "auc", "accuracy")}
-                              for row in scores}}, default=str))
+                      "budget": budget.as_dict(), "oof": oof}, default=str))
     return 0
 
 

@@ -1,6 +1,6 @@
 """GBM fits side by side (radiospine.models.fits): the same models, bit for bit, from this process and from two
-worker processes, for the per-condition driver and the per-target (spider) driver, and with any number of threads
-per booster."""
+worker processes or a Dask cluster, for the per-condition driver and the per-target (spider) driver, and with any
+number of threads per booster."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from test_models_target import spider_table
 from radiospine.config import ModelsConfig
 from radiospine.errors import DataError
 from radiospine.models.condition_models import train_condition_models
-from radiospine.models.fits import Fit, FitData, FitFailed, ProcessFits, SerialFits
+from radiospine.models.fits import DaskFits, Fit, FitData, FitFailed, ProcessFits, SerialFits
 from radiospine.models.ordinal import ESTIMATOR_FILE, MulticlassGBMClassifier, OrdinalGBMClassifier
 from radiospine.models.target_models import train_target_models
 from radiospine.task import SPIDER
@@ -124,3 +124,21 @@ def test_batches_are_taken_only_when_workers_would_idle() -> None:
     with pytest.raises(FitFailed):
         next(iter(runner.run(batches())))
     assert made == [0]
+
+
+def test_fits_on_a_dask_cluster_give_the_local_models(synthetic, tmp_path: Path) -> None:
+    """Two worker processes of one thread each, as `dask worker ADDR --nthreads 1 --nworkers 2` would start."""
+    from distributed import LocalCluster
+
+    config = CONFIG.model_copy(update={"members": CONFIG.members[1:], "n_folds": 2})  # XGBoost, 2 folds: brief
+    local = train_condition_models(synthetic.features, synthetic.labels, config)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            DaskFits(cluster.scheduler_address) as runner:
+        assert runner.workers == 2
+        on_dask = train_condition_models(synthetic.features, synthetic.labels, config, runner)
+    local.save(tmp_path / "local")
+    on_dask.save(tmp_path / "dask")
+    assert folder_bytes(tmp_path / "local", skip=("model_card.json",)) == \
+        folder_bytes(tmp_path / "dask", skip=("model_card.json",))
+    assert without_seconds(local.report) == without_seconds(on_dask.report)
+

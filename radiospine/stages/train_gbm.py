@@ -12,6 +12,10 @@ With ``task`` other than ``rsna2024`` (:mod:`radiospine.task`) the labels are th
 ``DATA/train_spider.csv``) and the models are per target (:mod:`radiospine.models.target_models`): native
 boosters, ``model_card.json`` with the out-of-fold scores per target beside the level-only prior, and
 ``oof_predictions.csv``; the priors live in the model card.
+
+The fits (model group x member x fold, and each member on all rows) are independent: they run in ``--jobs``
+processes of ``--threads`` threads each (the resource budget, :func:`radiospine.threads.resource_budget`), or as
+tasks on the Dask cluster at ``--scheduler`` (:mod:`radiospine.models.fits`); the models are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads per booster fit (default: resources.threads, else the free cores // --jobs; "
                              "results do not depend on it)")
-    parser.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler for the feature stage")
+    parser.add_argument("--scheduler", default=None, metavar="ADDR",
+                        help="a Dask scheduler (tcp://host:port) for the feature stage and the GBM fits (instead of "
+                             "--jobs processes; the same models)")
     parser.add_argument("--force", action="store_true", help="retrain even if WORK/models is up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser)
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     fit_started = time.perf_counter()
     # The table stays in the store: its keys and statuses are read here, its values a model group at a time.
     prepared = prepare_stored_features(features_dir, config.models.extractors)
-    with fit_runner(jobs=budget.jobs, threads=budget.threads) as runner:
+    with fit_runner(jobs=budget.jobs, threads=budget.threads, scheduler=args.scheduler) as runner:
         trained = train_condition_models(prepared, labels, config.models, runner)
         if config.models.extractor_ablation:
             trained.report["extractor_ablation"] = extractor_ablation(prepared, labels, config.models,
@@ -111,7 +117,7 @@ def _run_per_target(args, config, budget, task, data: Path, workspace, features,
     if _up_to_date(out, config, inputs, args.force):
         return 0
     fit_started = time.perf_counter()
-    with fit_runner(jobs=budget.jobs, threads=budget.threads) as runner:
+    with fit_runner(jobs=budget.jobs, threads=budget.threads, scheduler=args.scheduler) as runner:
         trained = train_target_models(features, labels, task, config.models, runner)
     fit_seconds = time.perf_counter() - fit_started
     trained.save(out)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from joblib import Parallel, delayed
 from models_synthetic import make_feature_table
 from test_models_target import spider_table
 
@@ -100,6 +101,8 @@ def test_a_failing_fit_is_reported_with_its_key_and_the_batch_files_are_removed(
         assert list(runner._folder.iterdir()) == []
     assert failure.value.key == ("group", "member", None) and isinstance(failure.value.error, ValueError)
     assert not runner._folder.exists()
+    # joblib's own process pool (the feature stage's) still works in this process afterwards
+    assert Parallel(n_jobs=2)(delayed(abs)(-number) for number in range(3)) == [0, 1, 2]
     # the driver names the model group and member in a DataError
     one_class = synthetic.labels.assign(severity=synthetic.labels["severity"].where(
         synthetic.labels["condition"] != "spinal_canal_stenosis", 0))

@@ -7,8 +7,8 @@ study ids) with its fits (:class:`Fit`); a runner takes batches from a lazy iter
 as it arrives (any order; the caller places it by its ``key``):
 
 * :class:`SerialFits` runs them one after the other in this process;
-* :class:`ProcessFits` runs them in ``jobs`` loky worker processes (joblib's
-  ``externals.loky.get_reusable_executor``). A batch's inputs are written once to a temporary file
+* :class:`ProcessFits` runs them in ``jobs`` loky worker processes (joblib's ``externals.loky``, an executor
+  of its own for the run). A batch's inputs are written once to a temporary file
   (``joblib.dump``), which every worker memory-maps (``joblib.load(mmap_mode="r")``): no worker receives the
   feature table or a copy of the design matrix through a pipe, and the file is deleted when the batch's last fit
   is done;
@@ -211,18 +211,21 @@ class ProcessFits(_Runner):
     folder, under ``TMPDIR``, is removed on exit)."""
 
     def __init__(self, jobs: int, threads: int = 1) -> None:
-        from joblib.externals.loky import get_reusable_executor
+        from joblib.externals.loky import ProcessPoolExecutor
 
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
         self.workers, self.threads = jobs, threads
-        self._executor = get_reusable_executor(max_workers=jobs)
+        # An executor of its own, not loky's reusable one: joblib.Parallel (the feature stage) reuses that one with
+        # its own memory-mapping set-up and fails on an executor made without it.
+        self._executor = ProcessPoolExecutor(max_workers=jobs)
         self._folder = Path(tempfile.mkdtemp(prefix="radiospine-fits-"))
 
     def __enter__(self) -> ProcessFits:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(wait=True, kill_workers=exc_info[0] is not None)
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _share(self, data: FitData, number: int) -> str:

@@ -230,3 +230,47 @@ def test_invalid_parameters_are_named(table):
     X, y = table
     with pytest.raises(ValueError, match=r"backend='catboost'.*learning_rate=0"):
         OrdinalGBMClassifier(backend="catboost", learning_rate=0).fit(X, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_boosters_that_learn_nothing_predict_the_init_proba(cls, backend, n_classes):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 4))
+    y = rng.integers(0, n_classes, size=120)
+    init = rng.dirichlet(np.ones(n_classes), size=120)  # per-row, far from the classes' frequencies
+    # no leaf may be split off (LightGBM) nor given a weight (XGBoost): the boosters add nothing
+    model = cls(backend=backend, n_estimators=10, min_child_samples=1000, min_child_weight=1e6).fit(
+        X, y, init_proba=init)
+    np.testing.assert_allclose(model.predict_proba(X, init_proba=init), init, atol=1e-7)
+    # the same init proba in any scale: rows are renormalised
+    np.testing.assert_allclose(model.predict_proba(X[:5], init_proba=3 * init[:5]), init[:5], atol=1e-7)
+    np.testing.assert_allclose(cls.margin_of_proba(init), model.raw_margin(X, init_proba=init), atol=1e-6)
+    with pytest.raises(ValueError, match="fitted with init_proba and predicts only with it"):
+        model.predict_proba(X)
+    with pytest.raises(ValueError, match=rf"init_proba must have shape \(120, {n_classes}\)"):
+        model.predict_proba(X, init_proba=init[:, :1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", CLASSES)
+def test_boosting_from_init_proba_learns_the_rest_and_round_trips(table, tmp_path, cls, backend):
+    X, y = table
+    rng = np.random.default_rng(4)
+    init = rng.dirichlet(np.full(3, 5.0), size=len(y))
+    fit_rows, eval_rows = np.arange(len(y)) % 4 != 0, np.arange(len(y)) % 4 == 0
+    model = _small(cls, backend, early_stopping_rounds=5).fit(
+        X[fit_rows], y[fit_rows], init_proba=init[fit_rows],
+        eval_set=(X[eval_rows], y[eval_rows]), eval_init_proba=init[eval_rows])
+    proba = model.predict_proba(X, init_proba=init)
+    _assert_valid_proba(proba, len(y))
+    assert log_loss(y[fit_rows], proba[fit_rows]) < log_loss(y[fit_rows], init[fit_rows])
+    loaded = cls.from_native(model.to_native(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.predict_proba(X, init_proba=init), proba)
+    with pytest.raises(ValueError, match="eval_init_proba is needed exactly when"):
+        _small(cls, backend, early_stopping_rounds=5).fit(X, y, init_proba=init, eval_set=(X, y))
+    plain = _small(cls, backend).fit(X, y)
+    with pytest.raises(ValueError, match="fitted without init_proba"):
+        plain.predict_proba(X, init_proba=init)
+    assert cls.from_native(plain.to_native(tmp_path / "plain")).boosted_from_proba_ is False

@@ -129,3 +129,37 @@ def test_task_labels_round_trip_and_errors(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
     with pytest.raises(DataError, match="line 2 column pfirrmann_grade_l1_l2: '6' is not a pfirrmann_grade grade"):
         load_task_labels(tmp_path / "bad.csv", SPIDER)
+
+
+def _sparse_target_table(seed: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The spider table with disc_herniation replaced by a SPIDER-like sparse finding: 9 positives in 180 rows,
+    all at L4/L5 and L5/S1, unrelated to the features (as far as 36 studies can tell)."""
+    features, labels = spider_table(seed=seed)
+    rare = (labels["target"] == "disc_herniation").to_numpy()
+    low = rare & labels["level"].isin(["l4_l5", "l5_s1"]).to_numpy()
+    rng = np.random.default_rng(seed)
+    labels.loc[rare, "grade"] = 0
+    labels.loc[rng.choice(np.flatnonzero(low), size=9, replace=False), "grade"] = 1
+    return features, labels
+
+
+def test_a_target_whose_boosters_learn_nothing_predicts_its_level_prior() -> None:
+    features, labels = _sparse_target_table()
+    frozen = CONFIG.model_copy(update={"gbm": CONFIG.gbm.model_copy(update={"min_child_samples": 1000})})
+    trained = train_target_models(features, labels, SPIDER, frozen)  # no booster can split
+    scores = pd.DataFrame(trained.report["oof_scores"]).set_index("target")
+    np.testing.assert_allclose(scores["weighted_log_loss"], scores["prior_weighted_log_loss"], rtol=1e-12)
+    predicted, _ = trained.predict(features, sorted(set(features["study_id"])))
+    for model in trained.models:
+        mine = predicted[predicted["target"] == model.target.name]
+        expected = model.prior[pd.Index(SPIDER.levels).get_indexer(mine["level"])]
+        np.testing.assert_allclose(mine[[f"p{k}" for k in range(model.target.n_grades)]], expected, rtol=1e-12)
+
+
+def test_a_sparse_finding_is_not_predicted_worse_than_its_level_prior() -> None:
+    features, labels = _sparse_target_table()
+    spider_like = CONFIG.model_copy(update={"gbm": CONFIG.gbm.model_copy(update={
+        "n_estimators": 100, "learning_rate": 0.05, "min_child_samples": 10, "colsample": 0.5})})
+    trained = train_target_models(features, labels, SPIDER, spider_like)
+    herniation = pd.DataFrame(trained.report["oof_scores"]).set_index("target").loc["disc_herniation"]
+    assert herniation["weighted_log_loss"] <= herniation["prior_weighted_log_loss"] + 0.005

@@ -98,48 +98,68 @@ def take_rows(X: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | 
 
 
 def fit_grouped(make_estimator: Callable[[], object], X: pd.DataFrame | np.ndarray, y: np.ndarray,
-                sample_weight: np.ndarray, groups: np.ndarray, seed: int, *, rows: np.ndarray | None = None):
+                sample_weight: np.ndarray, groups: np.ndarray, seed: int, *, rows: np.ndarray | None = None,
+                prior: np.ndarray | None = None):
     """Fit ``make_estimator()`` on the rows of ``X`` at the positions ``rows`` (None: all); when it early-stops,
     its ``eval_set`` is a study-grouped split of them.
 
     ``y``, ``sample_weight``, ``groups`` (study ids) have one entry per row of ``X``. The estimator's
     ``early_stopping_rounds`` and ``validation_fraction`` parameters decide: with early stopping,
     :func:`early_stopping_split` holds out whole studies, and the estimator trains on the rest. ``X`` is copied
-    once: into the rows trained on and the rows stopped on.
+    once: into the rows trained on and the rows stopped on. ``prior``: optional ``(n_rows, n_classes)``
+    probabilities of every class index per row of ``X`` for the estimator to boost from (its ``init_proba``:
+    the columns of the classes its rows hold, :func:`prior_of_classes`); predict with :func:`class_proba`'s
+    ``prior`` then.
     """
     rows = np.arange(len(y)) if rows is None else np.asarray(rows)
     y, sample_weight, groups = y[rows], sample_weight[rows], groups[rows]
+    init = None if prior is None else prior_of_classes(np.asarray(prior)[rows], np.unique(y))
     estimator = make_estimator()
+
+    def fit_all(model):
+        return model.fit(take_rows(X, rows), y, sample_weight=sample_weight,
+                         **({} if init is None else {"init_proba": init}))
+
     if getattr(estimator, "early_stopping_rounds", None) is None:
-        return estimator.fit(take_rows(X, rows), y, sample_weight=sample_weight)
+        return fit_all(estimator)
     classes = set(np.unique(y).tolist())
     n_groups = len(np.unique(groups))
     if n_groups < max(2, round(1.0 / estimator.validation_fraction)):
         logger.warning("%d studies are too few for a study-grouped early-stopping split; fitting without early "
                        "stopping", n_groups)
-        return estimator.set_params(early_stopping_rounds=None).fit(take_rows(X, rows), y,
-                                                                    sample_weight=sample_weight)
+        return fit_all(estimator.set_params(early_stopping_rounds=None))
     for attempt in range(_SPLIT_ATTEMPTS):
         held_out = early_stopping_split(groups, y, estimator.validation_fraction, seed + 7919 * attempt)
         if set(np.unique(y[~held_out]).tolist()) == classes:
+            inits = {} if init is None else {"init_proba": init[~held_out], "eval_init_proba": init[held_out]}
             return estimator.fit(
                 take_rows(X, rows[~held_out]), y[~held_out], sample_weight=sample_weight[~held_out],
-                eval_set=(take_rows(X, rows[held_out]), y[held_out], sample_weight[held_out]),
+                eval_set=(take_rows(X, rows[held_out]), y[held_out], sample_weight[held_out]), **inits,
             )
     # A class so rare that every study-grouped hold-out takes all of it: train on everything, stop at n_estimators.
     logger.warning("no early-stopping split keeps every class %s in training (%d studies); fitting without "
                    "early stopping", sorted(classes), len(np.unique(groups)))
-    return estimator.set_params(early_stopping_rounds=None).fit(take_rows(X, rows), y, sample_weight=sample_weight)
+    return fit_all(estimator.set_params(early_stopping_rounds=None))
 
 
-def class_proba(estimator, X: pd.DataFrame, n_classes: int) -> np.ndarray:
+def prior_of_classes(prior: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``(n_rows, n_classes)`` probabilities of every class index -> ``(n_rows, len(classes))``: the columns of
+    the class indices ``classes`` (what an estimator fitted on them knows), renormalised per row."""
+    kept = np.asarray(prior, dtype=np.float64)[:, np.asarray(classes, dtype=np.int64)]
+    return kept / kept.sum(axis=1, keepdims=True)
+
+
+def class_proba(estimator, X: pd.DataFrame, n_classes: int, prior: np.ndarray | None = None) -> np.ndarray:
     """``estimator.predict_proba(X)`` spread over all classes ``0..n_classes-1``: (n_rows, n_classes).
 
-    For an estimator fitted on class indices; a class it never saw gets probability 0.
+    For an estimator fitted on class indices; a class it never saw gets probability 0. ``prior``: the
+    ``(n_rows, n_classes)`` probabilities it boosts from, for an estimator fitted with :func:`fit_grouped`'s
+    ``prior``.
     """
     columns = np.asarray(estimator.classes_, dtype=np.int64)
     proba = np.zeros((len(X), n_classes))
-    proba[:, columns] = estimator.predict_proba(X)
+    proba[:, columns] = (estimator.predict_proba(X) if prior is None
+                         else estimator.predict_proba(X, init_proba=prior_of_classes(prior, columns)))
     return proba
 
 

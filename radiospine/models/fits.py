@@ -52,12 +52,15 @@ logger = logging.getLogger(__name__)
 class FitData:
     """What a group's fits share: ``X`` (n_rows, n_features), a float32 array or a DataFrame; ``y`` (n_rows,)
     int64 class indices, negative where there is no label; ``weight`` (n_rows,) float64 sample weights;
-    ``groups`` (n_rows,) int64 study ids (early stopping holds out whole studies)."""
+    ``groups`` (n_rows,) int64 study ids (early stopping holds out whole studies); ``prior_rows``
+    (n_rows,) int64, for fits that boost from a prior (:attr:`Fit.prior`): the row of that prior's table each row
+    takes (e.g. its level index), else None."""
 
     X: np.ndarray | pd.DataFrame
     y: np.ndarray
     weight: np.ndarray
     groups: np.ndarray
+    prior_rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ class Fit:
     ``predict_rows`` None: the result is the fitted estimator; else the result is its class probabilities of those
     rows, ``(len(predict_rows), n_classes)`` (:func:`radiospine.models.cv.class_proba`), and the estimator is
     dropped where it was fitted. ``key`` names the fit for the caller, e.g. ``(group, member, fold or None)``;
-    ``make`` must be picklable (a top-level function or a :func:`functools.partial` of one).
+    ``make`` must be picklable (a top-level function or a :func:`functools.partial` of one). ``prior``: None, or a
+    ``(n_prior_rows, n_classes)`` table of probabilities of every class index that the estimator boosts from and
+    predicts from (:func:`radiospine.models.cv.fit_grouped`'s ``prior``), row ``data.prior_rows[i]`` for row ``i``.
     """
 
     key: tuple[Hashable, ...]
@@ -77,6 +82,7 @@ class Fit:
     train_rows: np.ndarray
     predict_rows: np.ndarray | None = None
     n_classes: int = 0
+    prior: np.ndarray | None = None
 
 
 class FitFailed(Exception):
@@ -99,9 +105,12 @@ def run_fit(data: FitData | str, fit: Fit, threads: int) -> tuple[Any, float]:
         data = joblib.load(data, mmap_mode="r")
     started = time.perf_counter()
     with thread_budget(threads), single_threaded_blas():
-        estimator = cv.fit_grouped(fit.make, data.X, data.y, data.weight, data.groups, fit.seed, rows=fit.train_rows)
+        prior = None if fit.prior is None else fit.prior[np.asarray(data.prior_rows)]
+        estimator = cv.fit_grouped(fit.make, data.X, data.y, data.weight, data.groups, fit.seed, rows=fit.train_rows,
+                                   prior=prior)
         if fit.predict_rows is not None:
-            result = cv.class_proba(estimator, cv.take_rows(data.X, fit.predict_rows), fit.n_classes)
+            result = cv.class_proba(estimator, cv.take_rows(data.X, fit.predict_rows), fit.n_classes,
+                                    None if prior is None else prior[fit.predict_rows])
         else:
             result = estimator
     return result, time.perf_counter() - started

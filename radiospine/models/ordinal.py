@@ -13,6 +13,12 @@ Fernandez-Val & Galichon 2010) before differencing, so no class probability is e
 :class:`MulticlassGBMClassifier` fits one softmax booster (a logistic booster when two classes are seen) and is
 the baseline the ordinal model is compared against.
 
+Both can boost from given per-row probabilities instead of a constant (``init_proba`` of :meth:`fit` and of the
+prediction methods): each booster starts from the margin of those probabilities (LightGBM ``init_score``,
+XGBoost ``base_margin``; :meth:`OrdinalGBMClassifier.margin_of_proba`, :meth:`MulticlassGBMClassifier.
+margin_of_proba`), so its trees learn only what the features add to them, and boosters that learn nothing
+predict them exactly. A model fitted so predicts only when given the same kind of probabilities again.
+
 Boosters are saved in their libraries' own formats (:meth:`to_native` / :meth:`from_native`): LightGBM text
 ``model_<k>.txt`` or XGBoost JSON ``model_<k>.json`` plus ``estimator.json`` (parameters, classes, feature
 names). No pickle is involved.
@@ -31,7 +37,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 import xgboost
-from scipy.special import expit, softmax
+from scipy.special import expit, logit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -47,6 +53,9 @@ BACKENDS: tuple[str, ...] = ("lightgbm", "xgboost")
 #: Feature values are taken as float32 or float64 without conversion (other types become float64): the model
 #: driver passes float32 design matrices, half the memory, and the boosters bin them as they are.
 _FEATURE_DTYPES = (np.float64, np.float32)
+
+#: Init margins are clipped to +-this (a probability of about 2e-16 from 0 or 1): float64 keeps 1 - p apart from 1.
+_MAX_MARGIN = 36.0
 
 #: Version tag of the ``estimator.json`` written by :meth:`_GBMClassifierBase.to_native`.
 NATIVE_FORMAT = "radiospine.gbm_classifier/1"
@@ -74,6 +83,10 @@ def cumulative_to_proba(cumulative: np.ndarray) -> np.ndarray:
 
 # --- backends ---------------------------------------------------------------------------------------------
 
+#: What a booster trains or stops on: ``(X, target, weight, init margin or None)``; the margin is ``(n,)`` for a
+#: binary booster, ``(n, num_class)`` for a softmax one.
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
 
 class _LightGBMBackend:
     """LightGBM boosters through ``lightgbm.train``; models saved as LightGBM text files."""
@@ -85,8 +98,8 @@ class _LightGBMBackend:
         estimator: _GBMClassifierBase,
         seed: int,
         num_class: int,
-        train: tuple[np.ndarray, np.ndarray, np.ndarray],
-        valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        train: _Part,
+        valid: _Part | None,
     ) -> lightgbm.Booster:
         params: dict[str, Any] = {
             "objective": "binary" if num_class == 1 else "multiclass",
@@ -109,12 +122,12 @@ class _LightGBMBackend:
         }
         if num_class > 1:
             params["num_class"] = num_class
-        X, y, w = train
-        train_set = lightgbm.Dataset(X, label=y, weight=w, params={"verbosity": -1})
+        X, y, w, m = train
+        train_set = lightgbm.Dataset(X, label=y, weight=w, init_score=m, params={"verbosity": -1})
         valid_sets, callbacks = [], []
         if valid is not None:
-            Xv, yv, wv = valid
-            valid_sets = [lightgbm.Dataset(Xv, label=yv, weight=wv, reference=train_set)]
+            Xv, yv, wv, mv = valid
+            valid_sets = [lightgbm.Dataset(Xv, label=yv, weight=wv, init_score=mv, reference=train_set)]
             callbacks = [lightgbm.early_stopping(estimator.early_stopping_rounds, verbose=False)]
         with threadpool_limits(limits=estimator.n_jobs, user_api="openmp"):
             booster = lightgbm.train(
@@ -130,8 +143,9 @@ class _LightGBMBackend:
         return booster.current_iteration()
 
     @staticmethod
-    def margin(booster: lightgbm.Booster, X: np.ndarray, n_jobs: int) -> np.ndarray:
-        return booster.predict(X, raw_score=True, num_threads=n_jobs)
+    def margin(booster: lightgbm.Booster, X: np.ndarray, n_jobs: int, init: np.ndarray | None) -> np.ndarray:
+        raw = booster.predict(X, raw_score=True, num_threads=n_jobs)
+        return raw if init is None else raw + init  # LightGBM keeps no init score in its model
 
     @staticmethod
     def contributions(booster: lightgbm.Booster, X: np.ndarray, n_jobs: int) -> np.ndarray:
@@ -158,8 +172,8 @@ class _XGBoostBackend:
         estimator: _GBMClassifierBase,
         seed: int,
         num_class: int,
-        train: tuple[np.ndarray, np.ndarray, np.ndarray],
-        valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        train: _Part,
+        valid: _Part | None,
     ) -> xgboost.Booster:
         params: dict[str, Any] = {
             "objective": "binary:logistic" if num_class == 1 else "multi:softprob",
@@ -179,15 +193,15 @@ class _XGBoostBackend:
         }
         if num_class > 1:
             params["num_class"] = num_class
-        X, y, w = train
+        X, y, w, m = train
         # QuantileDMatrix holds only the binned values (1 byte per value; a DMatrix also holds every value with
         # its column index, 8 bytes); the boosters are the same bit for bit (`hist` bins either the same way).
-        train_matrix = xgboost.QuantileDMatrix(X, label=y, weight=w, nthread=estimator.n_jobs)
+        train_matrix = xgboost.QuantileDMatrix(X, label=y, weight=w, base_margin=m, nthread=estimator.n_jobs)
         evals, rounds = [], None
         if valid is not None:
-            Xv, yv, wv = valid
-            evals = [(xgboost.QuantileDMatrix(Xv, label=yv, weight=wv, nthread=estimator.n_jobs, ref=train_matrix),
-                      "validation")]
+            Xv, yv, wv, mv = valid
+            evals = [(xgboost.QuantileDMatrix(Xv, label=yv, weight=wv, base_margin=mv, nthread=estimator.n_jobs,
+                                              ref=train_matrix), "validation")]
             rounds = estimator.early_stopping_rounds
         booster = xgboost.train(
             params,
@@ -206,8 +220,9 @@ class _XGBoostBackend:
         return booster.num_boosted_rounds()
 
     @staticmethod
-    def margin(booster: xgboost.Booster, X: np.ndarray, n_jobs: int) -> np.ndarray:
-        return booster.predict(xgboost.DMatrix(X, nthread=n_jobs), output_margin=True)
+    def margin(booster: xgboost.Booster, X: np.ndarray, n_jobs: int, init: np.ndarray | None) -> np.ndarray:
+        # a base margin replaces the model's base_score, as in training
+        return booster.predict(xgboost.DMatrix(X, base_margin=init, nthread=n_jobs), output_margin=True)
 
     @staticmethod
     def contributions(booster: xgboost.Booster, X: np.ndarray, n_jobs: int) -> np.ndarray:
@@ -345,7 +360,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
 
     # -- fitting -----------------------------------------------------------------------------------------
 
-    def fit(self, X, y, sample_weight=None, eval_set=None):
+    def fit(self, X, y, sample_weight=None, eval_set=None, init_proba=None, eval_init_proba=None):
         """Fit the boosters.
 
         X : (n_samples, n_features) array-like or DataFrame; NaN allowed, infinity not; float32 stays float32.
@@ -353,6 +368,11 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         sample_weight : (n_samples,) non-negative weights, or None for ones.
         eval_set : optional ``(X_val, y_val)`` or ``(X_val, y_val, w_val)`` used for early stopping instead of an
             internal split; needs ``early_stopping_rounds``.
+        init_proba : optional (n_samples, K) probabilities of the K classes of ``y`` (columns in ``classes_``
+            order, positive; rows are renormalised) to boost from: every booster starts from their margin
+            (:meth:`margin_of_proba`) instead of a constant, and the fitted model needs them at prediction.
+        eval_init_proba : the same for ``eval_set``'s rows; given exactly when both ``eval_set`` and
+            ``init_proba`` are.
         Returns self.
         """
         self._check_params()
@@ -360,10 +380,15 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         self.classes_ = np.unique(y)
+        self.boosted_from_proba_ = init_proba is not None
+        if (eval_init_proba is not None) != (init_proba is not None and eval_set is not None):
+            raise ValueError("eval_init_proba is needed exactly when both eval_set and init_proba are given")
+        margin = self._init_margin(init_proba, len(X), "init_proba")
         y_index = np.searchsorted(self.classes_, y)
         kept = weight > 0
         if not kept.all():  # (a boolean index copies X even when it keeps every row)
             X, y_index, weight = X[kept], y_index[kept], weight[kept]
+            margin = None if margin is None else margin[kept]
         present = np.unique(y_index)
         if len(present) < 2:
             seen = self.classes_[present].tolist()
@@ -372,7 +397,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
                 f"class {seen}"
             )
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        train, valid = self._early_stopping_split(X, y_index, weight, eval_set, seed)
+        train, valid = self._early_stopping_split(X, y_index, weight, margin, eval_set, eval_init_proba, seed)
         backend = _BACKEND_IMPLEMENTATIONS[self.backend]
         self.boosters_ = [
             backend.train(self, seed, num_class, train_part, valid_part)
@@ -381,12 +406,25 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         self.n_rounds_ = [backend.n_rounds(booster) for booster in self.boosters_]
         return self
 
-    def _early_stopping_split(self, X, y_index, weight, eval_set, seed):
-        """((X, y, w) to train on, (X, y, w) to stop on or None); ``y`` as indices into ``classes_``."""
+    def _init_margin(self, init_proba, n_rows: int, what: str) -> np.ndarray | None:
+        """Validated ``init_proba`` (n_rows, K) -> (n_rows, n_outputs) margins; None stays None."""
+        if init_proba is None:
+            return None
+        proba = np.asarray(init_proba, dtype=np.float64)
+        if proba.shape != (n_rows, len(self.classes_)):
+            raise ValueError(f"{what} must have shape ({n_rows}, {len(self.classes_)}): one probability per row and "
+                             f"class {self.classes_.tolist()}, got {proba.shape}")
+        if not (np.all(np.isfinite(proba)) and np.all(proba > 0)):
+            raise ValueError(f"{what} must hold positive, finite probabilities")
+        return self.margin_of_proba(proba / proba.sum(axis=1, keepdims=True))
+
+    def _early_stopping_split(self, X, y_index, weight, margin, eval_set, eval_init_proba, seed):
+        """((X, y, w, margin) to train on, (X, y, w, margin) to stop on or None); ``y`` as indices into
+        ``classes_``, ``margin`` the init margins (:meth:`_init_margin`) or None."""
         if self.early_stopping_rounds is None:
             if eval_set is not None:
                 raise ValueError("eval_set is given but early_stopping_rounds is None: set early_stopping_rounds")
-            return (X, y_index, weight), None
+            return (X, y_index, weight, margin), None
         if eval_set is not None:
             if len(eval_set) not in (2, 3):
                 raise ValueError("eval_set must be a tuple (X_val, y_val) or (X_val, y_val, sample_weight_val)")
@@ -397,7 +435,8 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
             w_val = _check_sample_weight(
                 eval_set[2] if len(eval_set) == 3 else None, X_val, dtype=np.float64, ensure_non_negative=True
             )
-            return (X, y_index, weight), (X_val, self._encode_labels(y_val, "eval_set"), w_val)
+            return (X, y_index, weight, margin), (X_val, self._encode_labels(y_val, "eval_set"), w_val,
+                                                  self._init_margin(eval_init_proba, len(X_val), "eval_init_proba"))
         n_classes = len(np.unique(y_index))
         n_valid = int(np.ceil(self.validation_fraction * len(y_index)))
         counts = np.bincount(y_index)
@@ -413,32 +452,55 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
                 f"{len(y_index)} rows are too few to hold out {self.validation_fraction:.0%} for early stopping "
                 "and keep two classes to train on; set early_stopping_rounds=None or pass eval_set"
             )
-        return (
-            (X[train_rows], y_index[train_rows], weight[train_rows]),
-            (X[valid_rows], y_index[valid_rows], weight[valid_rows]),
+        return tuple(
+            (X[rows], y_index[rows], weight[rows], None if margin is None else margin[rows])
+            for rows in (train_rows, valid_rows)
         )
 
-    def _booster_tasks(self, train, valid):
-        """Yield (num_class, train (X, target, w), valid (X, target, w) or None) per booster to fit."""
+    def _booster_tasks(self, train: _Part, valid: _Part | None):
+        """Yield (num_class, train part, valid part or None) per booster to fit (:data:`_Part`: the booster's
+        target and its column(s) of the init margins)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def margin_of_proba(proba: np.ndarray) -> np.ndarray:
+        """(n_samples, K) class probabilities -> the (n_samples, n_outputs) margins of :meth:`raw_margin` that
+        predict exactly them (the inverse of the class's link)."""
         raise NotImplementedError
 
     # -- prediction --------------------------------------------------------------------------------------
 
-    def raw_margin(self, X) -> np.ndarray:
-        """Raw booster outputs (log-odds / softmax logits), shape (n_samples, n_outputs).
+    def raw_margin(self, X, init_proba=None) -> np.ndarray:
+        """Raw outputs (log-odds / softmax logits), shape (n_samples, n_outputs): the boosters' plus, for a model
+        fitted with ``init_proba``, the margins of ``init_proba`` (n_samples, K), which it then needs.
 
         Ordinal: n_outputs = K-1, column ``k`` the log-odds of ``P(y > classes_[k])`` before monotone
         rearrangement. Multiclass: K softmax logits, or one log-odds of ``classes_[1]`` when K = 2.
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
+        if (init_proba is not None) != self.boosted_from_proba_:
+            raise ValueError("this model was fitted with init_proba and predicts only with it" if
+                             self.boosted_from_proba_ else "this model was fitted without init_proba; do not pass it")
+        margin = self._init_margin(init_proba, X.shape[0], "init_proba")
         backend = _BACKEND_IMPLEMENTATIONS[self.backend]
-        outputs = [backend.margin(booster, X, self.n_jobs).reshape(X.shape[0], -1) for booster in self.boosters_]
+        outputs = [backend.margin(booster, X, self.n_jobs, init).reshape(X.shape[0], -1)
+                   for booster, init in zip(self.boosters_, self._booster_margins(margin, len(self.boosters_)))]
         return np.hstack(outputs).astype(np.float64)
 
-    def predict(self, X) -> np.ndarray:
+    @staticmethod
+    def _booster_margins(margin: np.ndarray | None, n_boosters: int) -> list[np.ndarray | None]:
+        """Each booster's part of the (n_samples, n_outputs) init margins: column k of booster k when there is one
+        output per booster, all columns of a single softmax booster; Nones without margins."""
+        if margin is None:
+            return [None] * n_boosters
+        if margin.shape[1] == n_boosters:
+            return [np.ascontiguousarray(margin[:, k]) for k in range(n_boosters)]
+        return [margin]
+
+    def predict(self, X, init_proba=None) -> np.ndarray:
         """The most probable class per row, shape (n_samples,), values from ``classes_``."""
-        proba = self.predict_proba(X)
+        proba = self.predict_proba(X, init_proba)
         return self.classes_[np.argmax(proba, axis=1)]
 
     def shap_values(self, X) -> np.ndarray:
@@ -446,7 +508,8 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
 
         ``[:, j, m]`` is feature ``j``'s contribution to output ``m`` of :meth:`raw_margin`; the last feature
         slot ``[:, n_features, m]`` is the bias (the booster's expected margin). Summed over axis 1 they give
-        :meth:`raw_margin` (up to float32 rounding in XGBoost). Computed by the boosters themselves (LightGBM
+        :meth:`raw_margin` (up to float32 rounding in XGBoost; without the init margins of a model fitted with
+        ``init_proba``). Computed by the boosters themselves (LightGBM
         ``pred_contrib=True``, XGBoost ``pred_contribs=True``).
         """
         check_is_fitted(self)
@@ -489,6 +552,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
             "feature_names_in": None if feature_names is None else [str(name) for name in feature_names],
             "booster_files": files,
             "n_rounds": [int(n) for n in self.n_rounds_],
+            "boosted_from_proba": bool(self.boosted_from_proba_),
             "versions": {"lightgbm": lightgbm.__version__, "xgboost": xgboost.__version__},
         }
         (directory / ESTIMATOR_FILE).write_text(json.dumps(card, indent=2))
@@ -521,6 +585,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
             estimator.feature_names_in_ = np.array(card["feature_names_in"], dtype=object)
         estimator.boosters_ = [backend.load(directory / name, estimator.n_jobs) for name in card["booster_files"]]
         estimator.n_rounds_ = list(card["n_rounds"])
+        estimator.boosted_from_proba_ = bool(card.get("boosted_from_proba", False))
         return estimator
 
 
@@ -534,14 +599,24 @@ class OrdinalGBMClassifier(_GBMClassifierBase):
     """
 
     def _booster_tasks(self, train, valid):
-        X, y, w = train
-        for k in range(len(self.classes_) - 1):
-            valid_k = None if valid is None else (valid[0], (valid[1] > k).astype(np.float64), valid[2])
-            yield 1, (X, (y > k).astype(np.float64), w), valid_k
+        n_boosters = len(self.classes_) - 1
+        train_margins = self._booster_margins(train[3], n_boosters)
+        valid_margins = self._booster_margins(None if valid is None else valid[3], n_boosters)
+        for k in range(n_boosters):
+            valid_k = None if valid is None else (valid[0], (valid[1] > k).astype(np.float64), valid[2],
+                                                  valid_margins[k])
+            yield 1, (train[0], (train[1] > k).astype(np.float64), train[2], train_margins[k]), valid_k
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_samples, K), columns in the order of ``classes_``; rows sum to 1."""
-        return cumulative_to_proba(expit(self.raw_margin(X)))
+    @staticmethod
+    def margin_of_proba(proba: np.ndarray) -> np.ndarray:
+        """(n, K) class probabilities -> (n, K-1) log-odds of ``P(y > classes_[k])``, clipped to +-36."""
+        above = np.cumsum(np.asarray(proba, dtype=np.float64)[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        return np.clip(logit(above), -_MAX_MARGIN, _MAX_MARGIN)
+
+    def predict_proba(self, X, init_proba=None) -> np.ndarray:
+        """Class probabilities, shape (n_samples, K), columns in the order of ``classes_``; rows sum to 1.
+        ``init_proba``: as for :meth:`raw_margin`."""
+        return cumulative_to_proba(expit(self.raw_margin(X, init_proba)))
 
 
 class MulticlassGBMClassifier(_GBMClassifierBase):
@@ -554,13 +629,25 @@ class MulticlassGBMClassifier(_GBMClassifierBase):
     def _booster_tasks(self, train, valid):
         n_classes = len(self.classes_)
         num_class = 1 if n_classes == 2 else n_classes
-        yield num_class, (train[0], train[1].astype(np.float64), train[2]), (
-            None if valid is None else (valid[0], valid[1].astype(np.float64), valid[2])
-        )
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_samples, K), columns in the order of ``classes_``; rows sum to 1."""
-        margin = self.raw_margin(X)
+        def part(data):
+            margin = data[3] if data[3] is None or num_class > 1 else data[3][:, 0]
+            return data[0], data[1].astype(np.float64), data[2], margin
+
+        yield num_class, part(train), None if valid is None else part(valid)
+
+    @staticmethod
+    def margin_of_proba(proba: np.ndarray) -> np.ndarray:
+        """(n, K) class probabilities -> (n, K) log-probabilities (softmax logits), or for K = 2 the (n, 1)
+        log-odds of ``classes_[1]``; clipped to +-36."""
+        proba = np.asarray(proba, dtype=np.float64)
+        margin = logit(proba[:, 1:]) if proba.shape[1] == 2 else np.log(proba)
+        return np.clip(margin, -_MAX_MARGIN, _MAX_MARGIN)
+
+    def predict_proba(self, X, init_proba=None) -> np.ndarray:
+        """Class probabilities, shape (n_samples, K), columns in the order of ``classes_``; rows sum to 1.
+        ``init_proba``: as for :meth:`raw_margin`."""
+        margin = self.raw_margin(X, init_proba)
         if len(self.classes_) == 2:
             positive = expit(margin[:, 0])
             return np.column_stack([1.0 - positive, positive])

@@ -21,6 +21,12 @@ Per target
   a binary target is one logistic booster either way) on grade indices ``0 .. K-1``, rows weighted by the
   target's weight of their true grade when ``models.sample_weighting`` is ``metric``; the members' probabilities
   averaged with equal weights;
+* boosted from the level-only prior: every booster starts from the margin of the prior of its training rows
+  (:func:`radiospine.metrics.level_prior` of those rows, at each row's level: an ordinal booster from the logit
+  of ``P(grade > k | level)``, a softmax one from the log prior; LightGBM ``init_score``, XGBoost
+  ``base_margin``), so its trees learn what the image adds beyond the level, and boosters that learn nothing
+  predict exactly the prior. Prediction starts from the same prior (the training folds' out of fold; the one
+  saved in the model card for the final models). The RSNA task's models start from their libraries' constant;
 * out of fold: the labelled studies go to ``models.n_folds`` folds (:func:`study_folds`), and each fold is
   predicted by members fitted on the others (:func:`radiospine.models.cv.fit_grouped`: early stopping on
   held-out studies), as is the level-only prior (:func:`radiospine.metrics.level_prior`), the baseline every
@@ -37,7 +43,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,8 +115,11 @@ def _grades_of(keys: pd.DataFrame, labels: pd.DataFrame, target: Target) -> np.n
     return merged["grade"].astype("Float64").fillna(-1).to_numpy(np.int64)
 
 
-def _averaged(members: dict[str, _GBMClassifierBase], X: pd.DataFrame, n_grades: int) -> np.ndarray:
-    return np.mean([cv.class_proba(estimator, X, n_grades) for estimator in members.values()], axis=0)
+def _averaged(members: dict[str, _GBMClassifierBase], X: pd.DataFrame, n_grades: int, prior: np.ndarray
+              ) -> np.ndarray:
+    """The members' mean ``(n_rows, K)`` probabilities; ``prior``: the ``(n_rows, K)`` level-only prior of each
+    row, which they boost from."""
+    return np.mean([cv.class_proba(estimator, X, n_grades, prior) for estimator in members.values()], axis=0)
 
 
 def _long(keys: pd.DataFrame, target: Target, proba: np.ndarray, task: Task) -> pd.DataFrame:
@@ -178,7 +187,7 @@ class TrainedTargetModels:
                 if found.any():
                     rows = position[found].to_numpy(np.int64)
                     proba[found] = _averaged(model.members, X.iloc[rows].reset_index(drop=True),
-                                             model.target.n_grades)
+                                             model.target.n_grades, proba[found])
                 parts.append(_long(grid, model.target, proba, self.task))
                 filled.append(grid[~found].assign(target=model.target.name)[_KEY])
         return pd.concat(parts, ignore_index=True), pd.concat(filled, ignore_index=True)
@@ -232,22 +241,24 @@ class _TargetRows:
     fold: np.ndarray
 
 
-def _fold_prior(rows: _TargetRows, task: Task) -> tuple[np.ndarray, list[int]]:
-    """Out-of-fold ``(n_rows, K)`` level-only prior probabilities, and the folds whose training rows hold a single
+def _fold_prior(rows: _TargetRows, task: Task) -> tuple[np.ndarray, dict[int, np.ndarray], list[int]]:
+    """Out-of-fold ``(n_rows, K)`` level-only prior probabilities, each fold's ``(levels, K)`` prior (fitted on the
+    other folds' rows: what that fold's members boost from), and the folds whose training rows hold a single
     grade (a rare finding, a small data set): no classifier can be fitted on one class, so those folds are
     predicted by the prior (with a warning)."""
     y, levels, target = rows.data.y, rows.keys["level"].to_numpy(), rows.target
     prior = np.empty((len(y), target.n_grades))
     level_index = pd.Index(task.levels).get_indexer(levels)
-    single = []
+    single, tables = [], {}
     for k in np.unique(rows.fold):
         train, test = rows.fold != k, rows.fold == k
-        prior[test] = metrics.level_prior(levels[train], y[train], target, task.levels)[level_index[test]]
+        tables[int(k)] = metrics.level_prior(levels[train], y[train], target, task.levels)
+        prior[test] = tables[int(k)][level_index[test]]
         if len(np.unique(y[train])) < 2:
             logger.warning("%s: the training rows of fold %d hold grade %s only; the fold is predicted by the "
                            "level-only prior", target.name, k, target.grades[int(y[train][0])])
             single.append(int(k))
-    return prior, single
+    return prior, tables, single
 
 
 def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task, config: ModelsConfig,
@@ -278,19 +289,25 @@ def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task
         groups = keys["study_id"].to_numpy(np.int64)
         weight = (np.asarray(target.weights)[y] if config.sample_weighting == "metric" else np.ones(len(y)))
         fold = folds.reindex(groups).to_numpy(np.int64)
-        targets.append(_TargetRows(target, keys, FitData(X, y, weight, groups), fold))
+        level_index = pd.Index(task.levels).get_indexer(keys["level"]).astype(np.int64)
+        targets.append(_TargetRows(target, keys, FitData(X, y, weight, groups, prior_rows=level_index), fold))
 
     priors = {rows.target.name: _fold_prior(rows, task) for rows in targets}
+    final_priors = {rows.target.name: metrics.level_prior(rows.keys["level"].to_numpy(), rows.data.y, rows.target,
+                                                          task.levels) for rows in targets}
 
     def batches() -> Iterator[tuple[FitData, list[Fit]]]:
         for rows in targets:
             fits = []
+            _, tables, single = priors[rows.target.name]
             for member in config.members:
                 make = partial(make_member_estimator, member, config, threads=runner.threads)
                 key = (rows.target.name, member.name)
-                fits += [fit for fit in fold_fits(key, make, rows.data.y, rows.fold, config.seed, rows.target.n_grades)
-                         if fit.key[-1] not in priors[rows.target.name][1]]
-                fits.append(Fit((*key, None), make, config.seed, np.arange(len(rows.data.y))))
+                fits += [replace(fit, prior=tables[fit.key[-1]])
+                         for fit in fold_fits(key, make, rows.data.y, rows.fold, config.seed, rows.target.n_grades)
+                         if fit.key[-1] not in single]
+                fits.append(Fit((*key, None), make, config.seed, np.arange(len(rows.data.y)),
+                                prior=final_priors[rows.target.name]))
             yield rows.data, fits
 
     results: dict[tuple, Any] = {}
@@ -299,15 +316,14 @@ def train_target_models(features: pd.DataFrame, labels: pd.DataFrame, task: Task
             results[fit.key] = result
         models, oof_parts, prior_parts = [], [], []
         for rows in targets:
-            target, (prior_oof, single) = rows.target, priors[rows.target.name]
+            target, (prior_oof, _, single) = rows.target, priors[rows.target.name]
             oof = prior_oof.copy()
             for k in np.unique(rows.fold):
                 if int(k) not in single:
                     oof[rows.fold == k] = np.mean([results[target.name, member.name, int(k)]
                                                    for member in config.members], axis=0)
             members = {member.name: results[target.name, member.name, None] for member in config.members}
-            prior = metrics.level_prior(rows.keys["level"].to_numpy(), rows.data.y, target, task.levels)
-            models.append(TargetModel(target, tuple(rows.data.X.columns), members, prior))
+            models.append(TargetModel(target, tuple(rows.data.X.columns), members, final_priors[target.name]))
             oof_parts.append(_long(rows.keys, target, oof, task))
             prior_parts.append(_long(rows.keys, target, prior_oof, task))
             logger.info("%s: %d labelled rows, %d feature columns", target.name, len(rows.data.y),

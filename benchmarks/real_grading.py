@@ -3,10 +3,11 @@
 ``python -m benchmarks.real_grading --volumes VOLUMES --gradings GRADINGS --data DATA --work WORK`` imports the
 volumes into ``DATA`` with ``radiospine import-volumes --points disc`` (skipped when ``DATA`` already holds the
 spider labels table), computes the feature table of the training split once with the config's extractors
-(``configs/spider.yaml``: radiomics and the CNN, disc-centred sagittal T2 crops; the CNN's out-of-fold folds are
-the GBMs' folds, so no held-out study's embedding comes from a network that saw it), then trains the per-target
-models (:func:`radiospine.models.target_models.train_target_models`, patient-grouped ``models.n_folds``-fold
-cross-validation) three times: on the radiomics columns alone, the CNN columns alone, and both. Every figure is
+(``configs/spider.yaml``: radiomics, the disc signal and the CNN, disc-centred sagittal T2 crops; the CNN's
+out-of-fold folds are the GBMs' folds, so no held-out study's probability comes from a network that saw it), then
+trains the per-target models (:func:`radiospine.models.target_models.train_target_models`, patient-grouped
+``models.n_folds``-fold cross-validation) once per :data:`FEATURE_SETS`: the radiomics columns alone, radiomics
+and the disc signal (:mod:`radiospine.features.disc_signal`), the CNN columns alone, and all three. Every figure is
 out of fold and beside the level-only prior fitted on the same training folds.
 
 Writes ``reports/real_grading.json`` and ``reports/real_grading.md`` (``--out`` changes the stem): one row per
@@ -35,7 +36,8 @@ from radiospine.workspace import Workspace
 
 #: The feature sets of the table: a label and the extractors it trains on.
 FEATURE_SETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("radiomics", ("radiomics",)), ("cnn", ("cnn",)), ("radiomics+cnn", ("radiomics", "cnn")))
+    ("radiomics", ("radiomics",)), ("radiomics+disc", ("radiomics", "disc")), ("cnn", ("cnn",)),
+    ("radiomics+disc+cnn", ("radiomics", "disc", "cnn")))
 COLUMNS = ("features", "target", "scale", "n", "weighted_log_loss", "prior_weighted_log_loss", "log_loss_reduction",
             "qwk", "prior_qwk", "auc", "prior_auc", "accuracy", "prior_accuracy")
 

@@ -264,19 +264,27 @@ class CnnConfig(Section):
         return self
 
 
+class DiscConfig(Section):
+    """The disc's signal against the marrow beside it and its height (:mod:`radiospine.features.disc_signal`):
+    for crops centred on discs (the spider task), off by default."""
+
+    enabled: bool = False
+
+
 class FeaturesConfig(Section):
     """Feature extraction (``radiospine features``): which views and extractors (:mod:`radiospine.features`)."""
 
     views: tuple[View, ...] = VIEWS
     radiomics: RadiomicsConfig = RadiomicsConfig()
     cnn: CnnConfig = CnnConfig()
+    disc: DiscConfig = DiscConfig()
 
     @model_validator(mode="after")
     def _something_to_do(self) -> FeaturesConfig:
         if not self.views or len(set(self.views)) != len(self.views):
             raise ValueError(f"views must list distinct views, got {list(self.views)}")
-        if not (self.radiomics.enabled or self.cnn.enabled):
-            raise ValueError("enable at least one extractor (radiomics.enabled or cnn.enabled)")
+        if not (self.radiomics.enabled or self.cnn.enabled or self.disc.enabled):
+            raise ValueError("enable at least one extractor (radiomics.enabled, cnn.enabled or disc.enabled)")
         return self
 
 

@@ -11,6 +11,10 @@ from radiospine.task import SPIDER
 
 def test_grading_table_per_feature_set_and_target() -> None:
     features, labels = spider_table(n_studies=24)
+    # the disc extractor's columns (benchmarks' feature sets name it), noise here
+    rng = np.random.default_rng(0)
+    features = features.assign(disc__status="ok", disc__sagittal_t2__marrow_ratio=rng.random(len(features)),
+                               disc__sagittal_t2__height_mm=rng.normal(9.0, 2.0, len(features)))
     table, seconds = grading_table(features, labels, SPIDER, CONFIG)
     assert list(table.columns) == list(COLUMNS)
     assert table[["features", "target"]].values.tolist() == [

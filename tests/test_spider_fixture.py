@@ -110,6 +110,27 @@ def test_rois_and_radiomics_at_the_derived_points(data_dir: Path) -> None:
     assert all(np.isfinite(list(result.features.values())).all() for result in results)
 
 
+def test_disc_signal_follows_the_pfirrmann_grades_of_a_real_spine(tmp_path: Path) -> None:
+    from radiospine.config import load_config
+    from radiospine.features.disc_signal import DiscSignalExtractor
+
+    out = tmp_path / "data"
+    assert main(["import-volumes", "--volumes", str(FIXTURE), "--gradings", str(GRADINGS), "--out", str(out),
+                 "--points", "disc"]) == 0
+    coords = load_label_coordinates(out / "train_label_coordinates.csv")
+    roi = load_config(CONFIG_DIR / "spider.yaml", []).roi  # the spider task's disc-centred crops
+    results = {}
+    for study_id in (7, 107):
+        crops = crops_for_study(out, "train", study_id, coords, roi, failures=[])
+        for crop, result in zip(crops, DiscSignalExtractor().extract(crops)):
+            assert result.ok and 4.0 <= result.features["height_mm"] <= 20.0
+            results[study_id, crop.roi.level] = result.features["marrow_ratio"]
+    assert len(results) == 10
+    # patient 7's discs L1/L2 .. L5/S1 have Pfirrmann grades 2, 2, 3, 5, 5: the nucleus darkens against the marrow
+    ratios = [results[7, level] for level in vocab.LEVELS]
+    assert min(ratios[:2]) > ratios[2] > max(ratios[3:])
+
+
 TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
         "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
         "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",

@@ -91,6 +91,10 @@ def build_extractors(config: RadiospineConfig, split: str, data_dir: str | Path,
         else:
             labels, classes, class_weights = training_labels(data_dir, get_task(config.task))
             extractors.append(CnnTrainer(cnn, labels, classes, class_weights))
+    if features.disc.enabled:
+        from radiospine.features.disc_signal import DiscSignalExtractor
+
+        extractors.append(DiscSignalExtractor())
     return extractors
 
 

@@ -219,6 +219,8 @@ def test_spider_task_end_to_end(tmp_path: Path) -> None:
     assert card["task"] == "spider" and [t["target"] for t in card["targets"]] == list(SPIDER.target_names)
     assert {row["target"] for row in card["report"]["oof_scores"]} == set(SPIDER.target_names)
     assert any(column.startswith("cnn__sagittal_t2__") for column in card["targets"][0]["feature_columns"])
+    assert {"disc__sagittal_t2__marrow_ratio", "disc__sagittal_t2__height_mm"} <= set(
+        card["targets"][0]["feature_columns"])  # configs/spider.yaml enables the disc signal
 
     out = tmp_path / "predictions.csv"
     assert main(["predict", "--data", str(test), "--split", "test", "--work", str(work), "--out", str(out),

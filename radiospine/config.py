@@ -38,6 +38,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
+#: Marks a config key added after artifacts were first written (``Field(..., json_schema_extra=ADDED_KEY)``) whose
+#: default leaves every result as it was before the key existed: at its default it is left out of
+#: :func:`config_hash`, so work folders, localisers and bundles written before it stay up to date.
+ADDED_KEY: dict[str, Any] = {"hash_omitted_at_default": True}
+
+
 class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected."""
 
@@ -277,7 +283,7 @@ class FeaturesConfig(Section):
     views: tuple[View, ...] = VIEWS
     radiomics: RadiomicsConfig = RadiomicsConfig()
     cnn: CnnConfig = CnnConfig()
-    disc: DiscConfig = DiscConfig()
+    disc: DiscConfig = Field(default=DiscConfig(), json_schema_extra=ADDED_KEY)
 
     @model_validator(mode="after")
     def _something_to_do(self) -> FeaturesConfig:
@@ -366,9 +372,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"config {path}: {problems}") from None
 
 
+def _hashed_dump(model: BaseModel) -> dict[str, Any]:
+    """``model.model_dump(mode="json")`` without the :data:`ADDED_KEY` keys that hold their defaults, at any depth."""
+    dumped = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("hash_omitted_at_default") and value == field.get_default(call_default_factory=True):
+            del dumped[name]
+        elif isinstance(value, BaseModel):
+            dumped[name] = _hashed_dump(value)
+    return dumped
+
+
 def config_hash(config: BaseModel) -> str:
-    """A short, stable content hash of a config (or one section of it)."""
-    return json_hash(config.model_dump(mode="json"))
+    """A short, stable content hash of a config (or one section of it); keys marked :data:`ADDED_KEY` count only
+    when they differ from their defaults."""
+    return json_hash(_hashed_dump(config))
 
 
 def add_config_arguments(parser: Any) -> None:

@@ -42,3 +42,17 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("synth: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_key_added_later_counts_in_the_hash_only_away_from_its_default() -> None:
+    # regression: adding features.disc (off by default) changed the features hash, so every work folder's
+    # features were set aside and recomputed although nothing they hold had changed
+    from radiospine.hashing import json_hash
+
+    features = load_config().features
+    before_the_key = {k: v for k, v in features.model_dump(mode="json").items() if k != "disc"}
+    assert config_hash(features) == json_hash(before_the_key)
+    assert config_hash(load_config().localizer) == json_hash(load_config().localizer.model_dump(mode="json"))
+    enabled = load_config(overrides=["features.disc.enabled=true"]).features
+    assert config_hash(enabled) != config_hash(features)
+    assert config_hash(load_config(overrides=["features.disc.enabled=true"])) != config_hash(load_config())

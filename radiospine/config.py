@@ -197,6 +197,7 @@ class ModelsConfig(Section):
     share_levels: bool = True
     extractors: tuple[str, ...] | None = None
     extractor_ablation: bool = True
+    cnn_head_blend: bool = True
     sample_weighting: Literal["metric", "none"] = "metric"
     calibration: Literal["none", "temperature", "vector", "isotonic"] = "temperature"
     any_severe_adjustment: bool = True

@@ -312,3 +312,65 @@ def test_design_matrices_are_float32_in_the_trained_column_order(trained, synthe
         extractor_columns = [c for c in group_model.feature_columns if parse_column(c).kind != "key"]
         np.testing.assert_array_equal(X[:, :len(extractor_columns)],
                                       synthetic.features.loc[rows, extractor_columns].to_numpy(np.float32))
+
+
+def _with_cnn_head(synthetic, seed: int = 3) -> pd.DataFrame:
+    """The synthetic table plus the CNN's nine probability columns: on each row's own view (that of its base
+    condition) an informative head (most of its mass on the true severity), on the other views noise; 5% of rows
+    without probabilities (no crop)."""
+    from radiospine.features.columns import CNN_PROBABILITY_FEATURES, feature_column
+
+    rng = np.random.default_rng(seed)
+    features = synthetic.features.copy()
+    truth = features[list(vocab.KEY_COLUMNS)].merge(synthetic.labels, how="left")["severity"]
+    truth = truth.fillna(0).to_numpy(dtype=int)
+    base = features["condition"].map(lambda c: vocab.split_condition(c).base)
+    for view in vocab.VIEWS:
+        own = (base.map(vocab.VIEW_OF_BASE_CONDITION) == view).to_numpy()
+        noise = rng.dirichlet(np.ones(3), size=len(features))
+        informative = 0.5 * np.eye(3)[truth] + 0.5 * noise
+        values = np.where(own[:, None], informative, noise)
+        values[rng.random(len(features)) < 0.05] = np.nan
+        for j, name in enumerate(CNN_PROBABILITY_FEATURES):
+            features[feature_column("cnn", view, name)] = values[:, j]
+    return features
+
+
+def test_cnn_head_proba_reads_each_rows_own_view_and_falls_back_to_the_boosters_where_it_has_none(synthetic):
+    from radiospine.features.columns import feature_column
+
+    features = _with_cnn_head(synthetic)
+    prepared = prepare_features(features)
+    rows = np.ones(len(features), dtype=bool)
+    gbm = np.full((len(features), 3), 1 / 3)
+    head = condition_models.cnn_head_proba(prepared, rows, gbm)
+    np.testing.assert_allclose(head.sum(axis=1), 1.0)
+    foramen = features["condition"].str.contains("foraminal").to_numpy()
+    own = features[[feature_column("cnn", "sagittal_t1", f"prob_{s}") for s in vocab.SEVERITIES]].to_numpy()
+    cut = foramen & np.isfinite(own).all(axis=1)
+    np.testing.assert_allclose(head[cut], own[cut] / own[cut].sum(axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_array_equal(head[foramen & ~np.isfinite(own).all(axis=1)], 1 / 3)
+    assert condition_models.cnn_head_proba(prepare_features(synthetic.features), rows, gbm) is None
+
+
+def test_the_cnn_head_is_a_blend_member_chosen_out_of_fold_and_saved_models_predict_the_same(synthetic, tmp_path):
+    features = _with_cnn_head(synthetic)
+    # boosters of 3 rounds learn little of the head's columns, so the head itself is worth blending
+    weak = {"gbm": {"n_estimators": 3, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": None}}
+    trained = train_condition_models(features, synthetic.labels, _config(**weak))
+    weights = trained.blend_weights
+    assert all(condition_models.CNN_HEAD_MEMBER in w for w in weights.values())
+    assert min(w[condition_models.CNN_HEAD_MEMBER] for w in weights.values()) > 0
+    assert "cnn_head" in trained.report["cv_scores"]
+    in_memory = trained.predict(features)
+    _assert_valid(in_memory, len(features))
+    trained.save(tmp_path / "models")
+    loaded = TrainedModels.load(tmp_path / "models")
+    pd.testing.assert_frame_equal(loaded.predict(features), in_memory)
+    # the head's weight was chosen on the same out-of-fold rows: taking it never scores worse there
+    without = train_condition_models(features, synthetic.labels, _config(cnn_head_blend=False, **weak))
+    assert all(condition_models.CNN_HEAD_MEMBER not in w for w in without.blend_weights.values())
+    assert trained.report["cv_scores"]["blend"]["all"]["score"] <= without.report["cv_scores"]["blend"]["all"]["score"]
+    cnn_probabilities = [c for c in features.columns if "__prob_" in c]
+    with pytest.raises(condition_models.DataError, match=r"lacks column.*cnn__sagittal_t1__prob_normal_mild"):
+        trained.predict(features.drop(columns=cnn_probabilities))

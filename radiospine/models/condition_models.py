@@ -26,9 +26,12 @@ What :func:`train_condition_models` does
    member on all labelled rows of the group. Training rows are weighted 1/2/4 by true severity when
    ``sample_weighting`` is ``metric``. Early stopping holds out whole studies.
 3. Per base condition (the metric's spinal / foraminal / subarticular parts): blend weights for the members
-   on the simplex (:mod:`radiospine.models.ensemble`), then a calibrator fitted on the blended out-of-fold
-   probabilities; it is kept only if its cross-fitted (fit on the other folds) weighted log loss beats the
-   uncalibrated one.
+   on the simplex (:mod:`radiospine.models.ensemble`), chosen on the out-of-fold rows, then a calibrator fitted
+   on the blended out-of-fold probabilities; it is kept only if its cross-fitted (fit on the other folds)
+   weighted log loss beats the uncalibrated one. With ``cnn_head_blend`` and the CNN's columns in the table, the
+   CNN head's own probabilities are one more blend member, :data:`CNN_HEAD_MEMBER` (:func:`cnn_head_proba`):
+   they are out of fold for the training rows already (the feature stage's fold networks), and a weight of 0
+   is on the grid, so the blend takes them only where they lower the out-of-fold loss.
 4. An :class:`~radiospine.models.calibration.AnySevereAdjuster` tuned on the out-of-fold predictions against the
    full metric (kept only if it helps), when ``any_severe_adjustment`` is set.
 5. Scores every stage out of fold with :func:`radiospine.metrics.score`, per fold and per part.
@@ -59,10 +62,12 @@ from radiospine.csvio import summarize_items
 from radiospine.errors import ConfigError, DataError, MissingInputError
 from radiospine.features.base import STATUS_OK
 from radiospine.features.columns import (
+    CNN_PROBABILITY_FEATURES,
     KEY_PREFIX,
     LEVEL_FEATURE,
     SEPARATOR,
     SIDE_FEATURE,
+    feature_column,
     is_status_column,
     parse_column,
     status_column,
@@ -89,6 +94,10 @@ OOF_PREDICTIONS = "oof_predictions.csv"
 CARD_FORMAT = "radiospine.condition_models/1"
 N_CLASSES = len(vocab.SEVERITIES)
 _METRIC_WEIGHTS = np.asarray(vocab.SEVERITY_WEIGHTS, dtype=np.float64)
+#: The blend member that is not a booster: the CNN head's own probabilities (:func:`cnn_head_proba`).
+CNN_HEAD_MEMBER = "cnn_head"
+#: The CNN extractor's name, the first part of its columns (:mod:`radiospine.features.cnn`).
+_CNN_EXTRACTOR = "cnn"
 _FORMULATIONS: dict[str, type[_GBMClassifierBase]] = {
     "ordinal": OrdinalGBMClassifier,
     "multiclass": MulticlassGBMClassifier,
@@ -157,6 +166,31 @@ def model_groups(conditions: list[str] | tuple[str, ...], share_sides: bool, sha
 def _base_conditions(conditions: pd.Series) -> np.ndarray:
     """(n_rows,) base condition of each (snake_case, sided) condition."""
     return conditions.map(lambda condition: vocab.split_condition(condition).base).to_numpy()
+
+
+def cnn_head_proba(prepared: PreparedFeatures, rows: np.ndarray, gbm_proba: np.ndarray) -> np.ndarray | None:
+    """The CNN head's probabilities of the three severities for the ``rows`` (``(n_rows,)`` bool over
+    ``prepared.keys``): per row, the CNN's ``prob_<severity>`` columns of its base condition's own view
+    (``vocab.VIEW_OF_BASE_CONDITION``: sagittal T2/STIR for the canal, sagittal T1 for the foramina, axial T2 for
+    the recesses), as float64 rows summing to 1, ``(rows.sum(), 3)``. Where the CNN has no probabilities for a row
+    (its crop of that view could not be cut), the row is ``gbm_proba``'s (``(rows.sum(), 3)``, the boosters'
+    mean), so the blend there is the boosters' alone. None when the table lacks those columns (the CNN is off, or
+    ``models.extractors`` leaves it out)."""
+    own = {base: [feature_column(_CNN_EXTRACTOR, vocab.VIEW_OF_BASE_CONDITION[base], name)
+                  for name in CNN_PROBABILITY_FEATURES] for base in vocab.BASE_CONDITIONS}
+    columns = sorted({column for names in own.values() for column in names})
+    if not set(columns) <= set(prepared.columns):
+        return None
+    values = prepared.block(rows, columns).astype(np.float64)
+    position = {column: i for i, column in enumerate(columns)}
+    base = _base_conditions(prepared.keys.loc[rows, "condition"])
+    proba = np.full((len(values), N_CLASSES), np.nan)
+    for base_condition, names in own.items():
+        selected = base == base_condition
+        proba[selected] = values[selected][:, [position[name] for name in names]]
+    total = proba.sum(axis=1, keepdims=True)
+    usable = np.isfinite(proba).all(axis=1) & (proba >= 0).all(axis=1) & (total[:, 0] > 0)
+    return np.where(usable[:, None], proba / np.where(usable[:, None], total, 1.0), gbm_proba)
 
 
 #: Rows of the feature table converted to float32 at a time when a design matrix is filled from a DataFrame.
@@ -417,6 +451,14 @@ class TrainedModels:
         if not covered.all():
             raise DataError(f"no model was trained for condition(s) "
                             f"{sorted(set(table.loc[~covered, 'condition']))}; train with these conditions")
+        if any(CNN_HEAD_MEMBER in weights for weights in self.blend_weights.values()):
+            gbm_mean = np.mean([member_proba[name] for name in self._member_names()], axis=0)
+            head = cnn_head_proba(prepared, np.ones(len(table), dtype=bool), gbm_mean)
+            if head is None:
+                raise DataError(f"the models blend the CNN head's probabilities ({CNN_HEAD_MEMBER}), but the feature "
+                                f"table has no CNN probability columns: compute the features with the training "
+                                f"config (features.cnn.enabled)")
+            member_proba[CNN_HEAD_MEMBER] = head
         proba = np.empty((len(table), N_CLASSES))
         base = _base_conditions(table["condition"])
         for base_condition, weights in self.blend_weights.items():
@@ -680,6 +722,13 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
         group_models.append(GroupModel(group, (*with_values[group.name], *group.key_features),
                                        {member.name: fitted[group.name][member.name] for member in members}))
 
+    blend_members = [member.name for member in members]
+    if config.cnn_head_blend:
+        head = cnn_head_proba(prepared, over_prepared(np.ones(len(table), dtype=bool)),
+                              np.mean([oof[name] for name in blend_members], axis=0))
+        if head is not None:
+            oof[CNN_HEAD_MEMBER] = head
+            blend_members.append(CNN_HEAD_MEMBER)
     keys = table[list(vocab.KEY_COLUMNS)]
     metric_weight = _METRIC_WEIGHTS[np.maximum(severity, 0)]
     blend_weights: dict[str, dict[str, float]] = {}
@@ -690,10 +739,10 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
     for base_condition in vocab.BASE_CONDITIONS:
         rows = base == base_condition
         scored = rows & labelled
-        weights = fit_blend_weights([oof[m.name][scored] for m in members], severity[scored],
+        weights = fit_blend_weights([oof[name][scored] for name in blend_members], severity[scored],
                                     metric_weight[scored], step=config.blend_step)
-        blend_weights[base_condition] = {m.name: float(w) for m, w in zip(members, weights, strict=True)}
-        blended[rows] = blend([oof[m.name][rows] for m in members], weights)
+        blend_weights[base_condition] = {name: float(w) for name, w in zip(blend_members, weights, strict=True)}
+        blended[rows] = blend([oof[name][rows] for name in blend_members], weights)
         calibrators[base_condition], calibrated[rows], calibration_report[base_condition] = _fit_calibration(
             config.calibration, blended, severity, metric_weight, rows, labelled, row_fold)
 
@@ -704,7 +753,7 @@ def _train_condition_models(features: pd.DataFrame | PreparedFeatures, labels_lo
         any_severe = AnySevereAdjuster().fit(final, scoring_labels)
         final = any_severe.transform(final)
 
-    stages = {m.name: _long_predictions(keys, oof[m.name]) for m in members}
+    stages = {name: _long_predictions(keys, oof[name]) for name in blend_members}
     stages.update(blend=_long_predictions(keys, blended), calibrated=_long_predictions(keys, calibrated), final=final)
     cv_scores = {stage: cv.fold_scores(scoring_labels, frame, folds).to_dict(orient="index")
                  for stage, frame in stages.items()}

@@ -10,8 +10,9 @@ The K fold localisers and the synthetic one are independent tasks, run in ``--jo
 import             ``REAL/volumes`` (+ ``REAL/radiological_gradings.csv``) -> ``WORK/data`` with
                    :func:`radiospine.volume_import.import_volumes`: one Sagittal T2 series per patient and the canal
                    point of each RSNA level derived from the masks (the truth of every table)
-prepare            the localiser's sagittal training stacks of every patient (read once, shared by the folds), and
-                   of the synthetic studies
+prepare            the localiser's sagittal training stacks of every patient (decoded once by ``--jobs`` processes
+                   into the slice cache ``WORK/cache/localizer_slices``, shared by the folds), and of the
+                   synthetic studies
 spider folds       patient-grouped K-fold cross-validation (one study per patient, ``KFold`` shuffled with
                    ``localizer.seed``): per fold the localiser is trained on K-1 folds and localises the held-out
                    patients; their canal points are compared with the mask-derived ones
@@ -51,13 +52,14 @@ from radiospine.artifacts import atomic_write_text
 from radiospine.catalog import Catalog, scan
 from radiospine.config import RadiospineConfig, add_config_arguments, config_from_arguments, config_hash
 from radiospine.labels import load_label_coordinates
-from radiospine.roi.localizer.data import TrainingStack, read_study_series, training_stacks_for_study
+from radiospine.roi.localizer.data import TrainingStack, prepare_training
 from radiospine.roi.localizer.evaluation import evaluate_points, summarise_evaluation
 from radiospine.roi.localizer.inference import coordinates_from_provenance, predict_studies
 from radiospine.roi.localizer.training import fit_localizer
 from radiospine.synth.generate import generate_dataset
 from radiospine.threads import thread_budget
 from radiospine.volume_import import import_volumes
+from radiospine.workspace import Workspace
 
 log = logging.getLogger("benchmarks.bench_real")
 
@@ -80,13 +82,14 @@ def patient_folds(study_ids: Sequence[int], folds: int, seed: int) -> list[list[
     return [[ids[i] for i in held_out] for _, held_out in splitter.split(ids)]
 
 
-def sagittal_training_stacks(catalog: Catalog, coords: pd.DataFrame, config: RadiospineConfig
-                             ) -> dict[int, list[TrainingStack]]:
+def sagittal_training_stacks(catalog: Catalog, coords: pd.DataFrame, config: RadiospineConfig, cache: Path,
+                             jobs: int) -> dict[int, list[TrainingStack]]:
     """Study id -> its sagittal training stacks (axial slabs dropped: SPIDER has no axial series, and the
-    synthetic localiser is measured on the canal points only)."""
+    synthetic localiser is measured on the canal points only), their slices decoded by ``jobs`` processes into
+    the slice cache folder ``cache`` (:func:`radiospine.roi.localizer.data.prepare_training`)."""
     ids = sorted(set(catalog.study_ids) & set(coords["study_id"].tolist()))
-    return {sid: [s for s in training_stacks_for_study(read_study_series(catalog, sid), coords, config.localizer)
-                  if s.kind == "sagittal"] for sid in ids}
+    prepared = prepare_training(catalog, ids, coords, config.localizer, cache, jobs=jobs)
+    return {sid: [s for s in stacks if s.kind == "sagittal"] for sid, stacks in prepared.by_study.items()}
 
 
 def table(catalog: Catalog, provenance: pd.DataFrame, truth: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -237,7 +240,8 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
     truth = load_label_coordinates(data_dir / "train_label_coordinates.csv")
 
     started = time.perf_counter()
-    stacks = sagittal_training_stacks(catalog, truth, config)
+    cache = Workspace(work).localizer_slice_cache
+    stacks = sagittal_training_stacks(catalog, truth, config, cache, jobs)
     times["prepare (SPIDER training stacks)"] = round(time.perf_counter() - started, 1)
     held_out = patient_folds(list(stacks), folds, config.localizer.seed)
 
@@ -245,7 +249,7 @@ def run(real: Path, work: Path, out: Path, config: RadiospineConfig, *, folds: i
     started = time.perf_counter()
     synthetic_stacks = sagittal_training_stacks(scan(work / "synth", "train"),
                                                 load_label_coordinates(work / "synth" / "train_label_coordinates.csv"),
-                                                config)
+                                                config, cache, jobs)
     times["prepare (synthetic training stacks)"] = round(time.perf_counter() - started, 1)
 
     tasks = {f"fold {number}": ([s for sid, study_stacks in stacks.items() if sid not in fold for s in study_stacks],

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -155,6 +156,13 @@ class Catalog:
         if description is not None:
             rows = rows[rows["series_description"] == description]
         return rows.sort_values(["n_instances", "series_id"], ascending=[False, True])
+
+    def subset(self, study_ids: Sequence[int]) -> Catalog:
+        """The same catalog restricted to ``study_ids`` (what a worker process needs for a few studies)."""
+        ids = [int(study_id) for study_id in study_ids]
+        return replace(self, studies=self.studies[self.studies["study_id"].isin(ids)],
+                       series=self.series[self.series["study_id"].isin(ids)],
+                       instances=self.instances[self.instances["study_id"].isin(ids)])
 
     def content_hash(self) -> str:
         """A hash of the catalog's ids, descriptions and file names: it changes when the data does."""

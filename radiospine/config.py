@@ -140,8 +140,11 @@ class LocalizerConfig(Section):
     sigma_normal_mm: PositiveFloat = 3.0
     epochs: PositiveInt = 8
     batch_size: PositiveInt = 16
-    sagittal_slices_per_epoch: PositiveInt = 6
-    axial_slices_per_epoch: PositiveInt = 2
+    sagittal_samples_per_epoch: PositiveInt = 1536
+    axial_samples_per_epoch: PositiveInt = 1280
+    validation_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    validation_samples: PositiveInt = 256
+    patience: PositiveInt = 3
     learning_rate: PositiveFloat = 2e-3
     weight_decay: NonNegativeFloat = 1e-4
     folds: int = Field(default=5, ge=2)

@@ -6,6 +6,7 @@ there; :class:`Workspace` is the one place that knows where each lives::
     WORK/localizer/                 the localiser: weights, localizer.json, _manifest.json
     WORK/localizer/{split}_coordinates.csv      the localiser's points of a split (+ .provenance.csv, ...)
     WORK/localizer/oof_coordinates.csv          its out-of-fold points on the training split
+    WORK/cache/localizer_slices/    the localiser's decoded, resampled training slices (a cache: safe to delete)
     WORK/features/<split>/          the feature table of a split (shards, _manifest.json, _<extractor>/)
     WORK/models/                    the trained models (model card, boosters, out-of-fold predictions)
     WORK/models/prior.csv           the training prior that fills rows the models cannot predict
@@ -44,6 +45,12 @@ class Workspace:
         """``WORK/localizer/oof_coordinates.csv``: out-of-fold points on the training split
         (``radiospine train-localizer --oof``)."""
         return self.localizer_dir / "oof_coordinates.csv"
+
+    @property
+    def localizer_slice_cache(self) -> Path:
+        """``WORK/cache/localizer_slices``: the localiser's training slices, decoded and resampled once
+        (:class:`radiospine.roi.localizer.data.SliceCache`); deleting it only costs the time to make it again."""
+        return self.root / "cache" / "localizer_slices"
 
     def features_dir(self, split: str) -> Path:
         """``WORK/features/<split>``: the split's feature table (:class:`radiospine.features.store.FeatureStore`)."""

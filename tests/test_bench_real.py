@@ -10,7 +10,7 @@ from benchmarks import bench_real
 
 FIXTURE = Path(__file__).parent / "data" / "spider"
 TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
-        "localizer.sagittal_grid_mm=10", "localizer.sagittal_slices_per_epoch=2", "localizer.batch_size=4",
+        "localizer.sagittal_grid_mm=10", "localizer.sagittal_samples_per_epoch=8", "localizer.batch_size=4",
         "localizer.device=cpu", "synth.small=true"]
 
 

@@ -104,7 +104,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_pipeline(data: Path, work: Path, jobs: int, *extra: str) -> None:
     settings = set_options([*TINY_PIPELINE, *extra])
-    assert main(["train-localizer", "--data", str(data), "--work", str(work), *settings]) == 0
+    assert main(["train-localizer", "--data", str(data), "--work", str(work), "--jobs", str(jobs), *settings]) == 0
     assert main(["train-gbm", "--data", str(data), "--work", str(work), "--jobs", str(jobs), "--no-progress",
                  *settings]) == 0
     assert main(["predict", "--data", str(data), "--split", "test", "--work", str(work), "--jobs", str(jobs),

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 #: A localiser small enough to train in seconds: the test is about the plumbing, not the accuracy.
 TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
         "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
-        "localizer.sagittal_slices_per_epoch=2", "localizer.axial_slices_per_epoch=1", "localizer.batch_size=4",
+        "localizer.sagittal_samples_per_epoch=8", "localizer.axial_samples_per_epoch=8", "localizer.batch_size=4",
         "localizer.folds=2", "localizer.device=cpu"]
 
 
@@ -142,7 +142,7 @@ def test_files_that_cannot_be_decoded_do_not_end_localisation(data_dir: Path, tm
     from dicom_factory import break_as_rle
 
     from radiospine.config import LocalizerConfig, RoiConfig
-    from radiospine.roi.localizer.data import training_stacks_for_study
+    from radiospine.roi.localizer.data import SliceCache, training_stacks_for_study
     from radiospine.roi.localizer.grids import AXIAL_CHANNELS, SAGITTAL_CHANNELS
     from radiospine.roi.localizer.inference import predict_study
     from radiospine.roi.localizer.model import Localizer
@@ -179,6 +179,6 @@ def test_files_that_cannot_be_decoded_do_not_end_localisation(data_dir: Path, tm
 
     # training data: the broken stacks are left out, the others kept
     coords = load_label_coordinates(tmp_path / "data" / "train_label_coordinates.csv")
-    kept = training_stacks_for_study(study, coords, config)
+    kept = training_stacks_for_study(study, coords, config, SliceCache(tmp_path / "cache"))
     assert [stack.kind for stack in kept] == ["sagittal"] * (len(study.by_type[vocab.SAGITTAL_T1]) +
                                                              len(study.by_type[vocab.SAGITTAL_T2]) - 1)

@@ -17,7 +17,7 @@ from radiospine.config import LocalizerConfig, RoiConfig, config_hash
 from radiospine.errors import DataError
 from radiospine.hashing import short_hash
 from radiospine.labels import load_label_coordinates, write_label_coordinates
-from radiospine.roi.localizer.data import read_study_series, training_stacks_for_study
+from radiospine.roi.localizer.data import prepare_training
 from radiospine.roi.localizer.evaluation import evaluate_points, summarise_evaluation
 from radiospine.roi.localizer.inference import coordinates_from_provenance, predict_studies
 from radiospine.roi.localizer.model import load_localizer, save_localizer
@@ -38,17 +38,21 @@ def write_coordinates(provenance: pd.DataFrame, path: str | Path) -> Path:
 
 def train_localizer(data_dir: str | Path, work_dir: str | Path, config: LocalizerConfig, roi_config: RoiConfig, *,
                     out_of_fold: bool, study_ids: Sequence[int] | None = None, force: bool = False,
-                    threads: int = 1) -> dict:
+                    threads: int = 1, jobs: int = 1) -> dict:
     """Train the localiser on the training split's coordinates and save it under ``WORK/localizer``.
 
     With ``out_of_fold``, also train ``config.folds`` models on K-1 folds of the studies and localise the held-out
     fold with each: ``WORK/localizer/oof_coordinates.csv`` (+ ``.provenance.csv``), the training centres of
     ``roi.train_centres: oof``. ``WORK/localizer/_manifest.json`` records the config, its hash and the hashes of
     the inputs; when they match (and ``force`` is False) the stage is up to date and is not run again. Returns
-    the training report (also in ``localizer.json``). ``threads``: torch's compute threads on the CPU
-    (:mod:`radiospine.threads`). The weights are bit-identical for the same ``threads``; another number of
-    threads splits the convolutions' sums differently and changes them in their last bits (measured: 3e-6 at
-    most on the tiny test configuration, the points it places by 0.002 px).
+    the training report (also in ``localizer.json``).
+
+    The training slices are decoded and resampled once, by ``jobs`` worker processes, into the slice cache
+    ``WORK/cache/localizer_slices`` (:class:`radiospine.roi.localizer.data.SliceCache`), which the final and the
+    out-of-fold models and later runs read; the result does not depend on ``jobs``. ``threads``: torch's compute
+    threads on the CPU (:mod:`radiospine.threads`). The weights are bit-identical for the same ``threads``;
+    another number of threads splits the convolutions' sums differently and changes them in their last bits
+    (measured: 3e-6 at most on the tiny test configuration, the points it places by 0.002 px).
     """
     data_dir = Path(data_dir)
     workspace = Workspace(work_dir)
@@ -67,13 +71,15 @@ def train_localizer(data_dir: str | Path, work_dir: str | Path, config: Localize
         raise DataError(f"no study of {data_dir / 'train_images'} has coordinates in "
                         f"{data_dir / 'train_label_coordinates.csv'}: nothing to train the localiser on")
     started = time.perf_counter()
-    by_study = {sid: training_stacks_for_study(read_study_series(catalog, sid), coords, config) for sid in ids}
+    prepared = prepare_training(catalog, ids, coords, config, workspace.localizer_slice_cache, jobs=jobs)
+    by_study = prepared.by_study
     preparation = time.perf_counter() - started
-    log.info("localiser training data: %d studies, %d stacks in %.1f s", len(ids),
-             sum(map(len, by_study.values())), preparation)
+    log.info("localiser training data: %d studies, %d stacks (%d from the slice cache, %d decoded) in %.1f s",
+             len(ids), sum(map(len, by_study.values())), prepared.cache_hits, prepared.cache_misses, preparation)
     with thread_budget(threads):
         localizer, report = fit_localizer([s for stacks in by_study.values() for s in stacks], config)
-    report.update(studies=len(ids), preparation_seconds=round(preparation, 1),
+    report.update(studies=len(ids), preparation_seconds=round(preparation, 1), threads=threads,
+                  slice_cache={"hits": prepared.cache_hits, "misses": prepared.cache_misses},
                   total_seconds=round(time.perf_counter() - started, 1))
     save_localizer(localizer, folder, extra={"training": report})
     log.info("localiser trained on %d studies in %.1f s (saved in %s)", len(ids), report["total_seconds"], folder)

@@ -1,7 +1,13 @@
-"""Training the localiser: augmentation, the heatmap loss, fitting the two networks on training stacks."""
+"""Training the localiser: augmentation, the heatmap loss, fitting the two networks on training stacks.
+
+Every epoch draws the same number of training slices (``localizer.*_samples_per_epoch``), whatever the number of
+studies, so an epoch's time is fixed; held-out studies decide when to stop (``localizer.validation_fraction``,
+``localizer.patience``). The slices are read from the slice cache (:class:`radiospine.roi.localizer.data.SliceCache`).
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -121,42 +127,108 @@ def heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (weight * cross_entropy).sum() / target.sum().clamp(min=1.0)
 
 
-def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerConfig, device: torch.device,
-                samples_per_stack: int) -> tuple[UNet, list[float]]:
-    """Train one heatmap U-Net on the stacks of its kind; returns the network (eval mode) and the epoch losses."""
+def held_out_studies(study_ids: Sequence[int], fraction: float, seed: int) -> set[int]:
+    """The studies held out for early stopping: ``fraction`` of them (at least one, never all; none with fewer
+    than two studies or a zero fraction), drawn with ``seed``; every stack of a study falls on the same side."""
+    ids = sorted({int(study_id) for study_id in study_ids})
+    if fraction <= 0 or len(ids) < 2:
+        return set()
+    count = min(max(int(round(fraction * len(ids))), 1), len(ids) - 1)
+    return {int(study_id) for study_id in np.random.default_rng(seed).choice(ids, size=count, replace=False)}
+
+
+def draw_samples(stacks: Sequence[TrainingStack], budget: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``budget`` training centres ``(stack index, slice index)``, whatever the number of stacks.
+
+    The stacks are visited in rounds, each round in a fresh random order, so every stack is drawn as often as
+    the others (to within one) when the budget exceeds their number and a random subset of them when it does
+    not; each draw's slice follows the stack's sampling weights (:attr:`TrainingStack.weights`).
+    """
+    rounds = -(-budget // len(stacks))
+    order = np.concatenate([rng.permutation(len(stacks)) for _ in range(rounds)])[:budget]
+    return [(int(i), int(rng.choice(len(stacks[i].weights), p=stacks[i].weights / stacks[i].weights.sum())))
+            for i in order]
+
+
+def batch_tensors(stacks: Sequence[TrainingStack], batch: Sequence[tuple[int, int]], config: LocalizerConfig,
+                  size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``(b, 2n+1, size, size)`` and target heatmaps ``(b, channels, size, size)`` of ``(stack, slice)``
+    draws, the images read from the slice cache."""
+    x = np.stack([stack_inputs(stacks[i].images(), [k], config.neighbour_slices)[0] for i, k in batch])
+    y = np.stack([heatmap_targets(stacks[i].grid, k, size, stacks[i].points_lps, config.sigma_mm,
+                                  config.sigma_normal_mm) for i, k in batch])
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+
+def held_out_scores(net: UNet, stacks: Sequence[TrainingStack], draws: Sequence[tuple[int, int]],
+                    config: LocalizerConfig, size: int, pixel_mm: float, device: torch.device
+                    ) -> tuple[float, float | None]:
+    """The network's mean heatmap loss on held-out draws (no augmentation) and the median in-plane distance in mm
+    between the predicted and the target maximum of every channel whose target peaks at 0.5 or more on the slice
+    (None without such a channel)."""
+    net.eval()
+    total, errors = 0.0, []
+    with torch.no_grad():
+        for start in range(0, len(draws), config.batch_size):
+            batch = draws[start:start + config.batch_size]
+            x, y = batch_tensors(stacks, batch, config, size, device)
+            logits = net(x)
+            total += float(heatmap_loss(logits, y)) * len(batch)
+            present = y.flatten(2).amax(dim=2) >= 0.5
+            if present.any():
+                predicted = logits.flatten(2).argmax(dim=2)[present]
+                target = y.flatten(2).argmax(dim=2)[present]
+                rows = (predicted // size - target // size).double()
+                cols = (predicted % size - target % size).double()
+                errors.extend((torch.sqrt(rows**2 + cols**2) * pixel_mm).tolist())
+    return total / len(draws), (float(np.median(errors)) if errors else None)
+
+
+def fit_network(stacks: Sequence[TrainingStack], held_out: Sequence[TrainingStack], kind: Kind,
+                config: LocalizerConfig, device: torch.device, samples_per_epoch: int) -> tuple[UNet, dict]:
+    """Train one heatmap U-Net on the training stacks of its kind, ``samples_per_epoch`` slices per epoch
+    (:func:`draw_samples`), for at most ``config.epochs`` epochs.
+
+    With held-out stacks of its kind, ``config.validation_samples`` held-out slices are drawn once and scored
+    after every epoch (:func:`held_out_scores`); training stops after ``config.patience`` epochs without a lower
+    held-out loss and the network keeps the weights of its best epoch. Without them it runs every epoch.
+
+    Returns:
+        The network (eval mode) and its log: per epoch ``losses`` (training) and ``held_out_losses`` /
+        ``held_out_error_mm``, the chosen ``epoch`` (1-based) with its ``held_out_loss`` and
+        ``held_out_error_mm_median``, and the stack counts.
+    """
     stacks = [stack for stack in stacks if stack.kind == kind]
+    held_out = [stack for stack in held_out if stack.kind == kind]
     if not stacks:
         raise DataError(f"no {kind} training slices: the training studies have no readable series with labels")
     n_out = len(SAGITTAL_CHANNELS) if kind == "sagittal" else len(AXIAL_CHANNELS)
-    size = stacks[0].images.shape[1]
-    pixel_mm = config.sagittal_grid_mm if kind == "sagittal" else config.axial_grid_mm
+    size, pixel_mm = ((config.sagittal_grid_px, config.sagittal_grid_mm) if kind == "sagittal"
+                      else (config.axial_grid_px, config.axial_grid_mm))
     spec = UNetSpec(in_channels=2 * config.neighbour_slices + 1, out_channels=n_out,
                     base_channels=config.base_channels, depth=config.depth)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    validation = draw_samples(held_out, config.validation_samples,
+                              np.random.default_rng(config.seed + 1)) if held_out else []
     net = UNet(spec).to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = int(np.ceil(len(stacks) * samples_per_stack / config.batch_size))
+    steps_per_epoch = -(-samples_per_epoch // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, pct_start=0.15,
                                                    total_steps=config.epochs * steps_per_epoch)
-    history = []
+    log_entries: dict = {"losses": [], "held_out_losses": [], "held_out_error_mm": []}
+    best_epoch, best_loss, best_state = 0, float("inf"), None
     for epoch in range(config.epochs):
         started = time.perf_counter()
-        draws = [(i, int(k)) for i, stack in enumerate(stacks)
-                 for k in rng.choice(len(stack.weights), size=samples_per_stack, p=stack.weights / stack.weights.sum())]
-        order = rng.permutation(len(draws))
+        draws = draw_samples(stacks, samples_per_epoch, rng)
         net.train()
         total, count = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = [draws[j] for j in order[start:start + config.batch_size]]
+        for start in range(0, len(draws), config.batch_size):
+            batch = draws[start:start + config.batch_size]
             if len(batch) < 2:
                 continue  # batch norm needs two samples
-            x = torch.from_numpy(np.stack([stack_inputs(stacks[i].images, [k], config.neighbour_slices)[0]
-                                           for i, k in batch])).to(device)
-            y = torch.from_numpy(np.stack([
-                heatmap_targets(stacks[i].grid, k, size, stacks[i].points_lps, config.sigma_mm,
-                                config.sigma_normal_mm) for i, k in batch])).to(device)
+            x, y = batch_tensors(stacks, batch, config, size, device)
             x, y = augment(x, y, kind, generator, config.augment, pixel_mm)
             loss = heatmap_loss(net(x), y)
             optimiser.zero_grad(set_to_none=True)
@@ -165,21 +237,42 @@ def fit_network(stacks: Sequence[TrainingStack], kind: Kind, config: LocalizerCo
             schedule.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
-        history.append(total / max(count, 1))
-        log.info("%s localiser epoch %d/%d: loss %.5f (%d slices, %.1f s)", kind, epoch + 1, config.epochs,
-                 history[-1], count, time.perf_counter() - started)
+        log_entries["losses"].append(total / max(count, 1))
+        message = ""
+        if validation:
+            held_loss, error = held_out_scores(net, held_out, validation, config, size, pixel_mm, device)
+            log_entries["held_out_losses"].append(held_loss)
+            log_entries["held_out_error_mm"].append(error)
+            message = f", held out {held_loss:.5f} (median peak error {error} mm)"
+            if held_loss < best_loss:
+                best_epoch, best_loss, best_state = epoch + 1, held_loss, copy.deepcopy(net.state_dict())
+        log.info("%s localiser epoch %d/%d: loss %.5f%s (%d slices, %.1f s)", kind, epoch + 1, config.epochs,
+                 log_entries["losses"][-1], message, count, time.perf_counter() - started)
+        if validation and epoch + 1 - best_epoch >= config.patience:
+            log.info("%s localiser: no lower held-out loss for %d epochs, stopping; epoch %d kept", kind,
+                     config.patience, best_epoch)
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        best_epoch = len(log_entries["losses"])
+    log_entries.update(epoch=best_epoch, stacks=len(stacks), held_out_stacks=len(held_out),
+                       held_out_loss=log_entries["held_out_losses"][best_epoch - 1] if validation else None,
+                       held_out_error_mm_median=log_entries["held_out_error_mm"][best_epoch - 1] if validation
+                       else None)
     net.eval()
-    return net, history
+    return net, log_entries
 
 
-def subarticular_offsets(stacks: Sequence[TrainingStack]) -> dict[str, list[float]]:
+def subarticular_offsets(stacks: Sequence[TrainingStack], size: int) -> dict[str, list[float]]:
     """Mean in-plane offset ``[rows, cols]`` in mm of each side's subarticular point from the axial grid centre
-    (where the canal crosses the slice), over the axial training slabs: the fallback for a too weak peak."""
+    (where the canal crosses the slice), over the axial training slabs of ``size`` px grids: the fallback for a
+    too weak peak."""
     offsets: dict[str, list[np.ndarray]] = {condition: [] for condition in AXIAL_CHANNELS}
     for stack in stacks:
         if stack.kind != "axial":
             continue
-        middle = (stack.images.shape[1] - 1) / 2
+        middle = (size - 1) / 2
         pixel_mm = pixel_spacing(stack.grid)[1]
         for channel, condition in enumerate(AXIAL_CHANNELS):
             point = stack.points_lps[channel, 0]
@@ -205,18 +298,27 @@ def untrained_targets(stacks: Sequence[TrainingStack]) -> list[str]:
 
 
 def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> tuple[Localizer, dict]:
-    """Train both networks; returns the localiser and a training log (losses and seconds per network).
+    """Train both networks: ``config.validation_fraction`` of the studies held out for early stopping
+    (:func:`held_out_studies`), the networks trained on the others (a network whose kind of stack only held-out
+    studies have is trained on every study, without early stopping). The subarticular offsets use every study.
 
     Without axial training slabs (a data folder without Axial T2 series) the axial network is not trained: the
     log says so under ``axial.skipped`` and the localiser's :attr:`~Localizer.untrained` names it, so inference
     records the subarticular points as missing with the reason. Without sagittal training stacks there is
     nothing to localise from (:class:`~radiospine.errors.DataError`).
+
+    Returns:
+        The localiser and a training log: the device, the untrained targets, the held-out study count and per
+        network its :func:`fit_network` log with the seconds it took.
     """
     device = resolve_device(config.device, DEVICE_KEY)
     untrained = untrained_targets(stacks)
-    report: dict = {"device": str(device), "untrained": untrained}
+    held = held_out_studies([stack.study_id for stack in stacks], config.validation_fraction, config.seed)
+    training = [stack for stack in stacks if stack.study_id not in held]
+    held_out = [stack for stack in stacks if stack.study_id in held]
+    report: dict = {"device": str(device), "untrained": untrained, "held_out_studies": len(held)}
     nets: dict[str, UNet | None] = {"axial": None}
-    for kind, samples in (("sagittal", config.sagittal_slices_per_epoch), ("axial", config.axial_slices_per_epoch)):
+    for kind, samples in (("sagittal", config.sagittal_samples_per_epoch), ("axial", config.axial_samples_per_epoch)):
         if kind == "axial" and "axial" in untrained:
             report[kind] = {"skipped": "no Axial T2 series with subarticular points among the training studies",
                             "stacks": 0}
@@ -224,11 +326,13 @@ def fit_localizer(stacks: Sequence[TrainingStack], config: LocalizerConfig) -> t
                         report[kind]["skipped"])
             continue
         started = time.perf_counter()
+        fit_on, scored_on = training, held_out
+        if not any(stack.kind == kind for stack in training):
+            fit_on, scored_on = stacks, []  # only held-out studies have this kind: train on them, every epoch
         with deterministic_torch(device):
-            nets[kind], losses = fit_network(stacks, kind, config, device, samples)
-        report[kind] = {"losses": losses, "seconds": round(time.perf_counter() - started, 1),
-                        "stacks": sum(stack.kind == kind for stack in stacks)}
+            nets[kind], report[kind] = fit_network(fit_on, scored_on, kind, config, device, samples)
+        report[kind]["seconds"] = round(time.perf_counter() - started, 1)
     if "foraminal" in untrained:
         log.warning("no foraminal training points (no Sagittal T1 labels): foraminal points will be missing")
-    return Localizer(nets["sagittal"], nets["axial"], config, subarticular_offsets(stacks), device,
-                     tuple(untrained)), report
+    offsets = subarticular_offsets(stacks, config.axial_grid_px)
+    return Localizer(nets["sagittal"], nets["axial"], config, offsets, device, tuple(untrained)), report

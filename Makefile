@@ -58,7 +58,7 @@ synth: $(STAMP)
 	$(RS) synth --out $(DATA) --jobs $(JOBS) $(RUN_ARGS)
 
 train-localizer: $(STAMP)
-	$(RS) train-localizer --data $(DATA) --work $(WORK) $(RUN_ARGS)
+	$(RS) train-localizer --data $(DATA) --work $(WORK) --jobs $(JOBS) $(RUN_ARGS)
 
 features: $(STAMP)
 	$(RS) features --data $(DATA) --split train --work $(WORK) --jobs $(JOBS) $(RUN_ARGS)

@@ -64,10 +64,12 @@ EXTRAPOLATION_CORES = (2, 16)
 #: How each stage's time grows, used by :func:`extrapolate`:
 #: ``parallel``: linear in studies, divided among the worker processes (one per core);
 #: ``serial``: linear in studies, one process with one compute thread (torch's localiser, the boosters), so more
-#: cores do not shorten it.
+#: cores do not shorten it; ``fixed``: the same whatever the number of studies (the localiser's training: a fixed
+#: number of slices per epoch, at most ``localizer.epochs`` epochs).
 STAGE_SCALING = {
     "synth": "parallel",
-    "train-localizer": "serial",
+    "train-localizer.slices": "parallel",
+    "train-localizer.training": "fixed",
     "localize": "serial",
     "features.describe": "parallel",
     "features.cnn_fit": "cnn",
@@ -159,8 +161,10 @@ def extrapolate(seconds: float, studies: int, scaling: str, cores: int, *, jobs:
     ``parallel`` divides by the worker processes (``cores`` against ``jobs``: assumes the per-study work scales
     across cores, as it does across processes); ``serial`` does not change with cores; ``cnn`` (the CNN's
     ``folds + 1`` models, trained side by side, one process each) divides by ``min(cores, cnn_models)`` against
-    ``min(jobs, cnn_models)``.
+    ``min(jobs, cnn_models)``; ``fixed`` stays ``seconds``.
     """
+    if scaling == "fixed":
+        return seconds
     per_real = seconds * REAL_TRAIN_STUDIES / max(studies, 1)
     if scaling == "parallel":
         return per_real * jobs / cores
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if synth is not None:
         stages["synth"] = synth
     stages["train-localizer"] = record.run("train-localizer", [*rs, "train-localizer", "--data", data, "--work", work,
-                                                               *config], logs)
+                                                               *jobs, *config], logs)
     stages["localize"] = record.run("localize", [*rs, "localize", "--data", data, "--split", "test", "--work", work,
                                                  "--out", str(args.work / "bench_test_coordinates.csv"),
                                                  "--truth", str(truth / "test_label_coordinates.csv"), *config], logs)
@@ -271,6 +275,7 @@ def summarise(stages: dict[str, dict[str, Any]], data_manifest: dict, args: argp
     n_train, n_test = data_manifest["studies"]["train"], data_manifest["studies"]["test"]
     features = stages["features"]["output"]
     cnn_fit = float(features.get("fit_seconds", {}).get("cnn", 0.0))
+    slices = float(stages["train-localizer"]["output"]["preparation_seconds"])
     predict = stages["predict"]["output"]["seconds"]
     reference = data_manifest["scores_on_test"]
     test_score = stages["score"]["output"]
@@ -278,7 +283,9 @@ def summarise(stages: dict[str, dict[str, Any]], data_manifest: dict, args: argp
 
     # (name in the table, measured seconds, studies it covered, scaling)
     parts = [
-        ("train-localizer", stages["train-localizer"]["seconds"], n_train, STAGE_SCALING["train-localizer"]),
+        ("train-localizer: slices", slices, n_train, STAGE_SCALING["train-localizer.slices"]),
+        ("train-localizer: training", stages["train-localizer"]["seconds"] - slices, n_train,
+         STAGE_SCALING["train-localizer.training"]),
         ("features (train): CNN fit", cnn_fit, n_train, STAGE_SCALING["features.cnn_fit"]),
         ("features (train): describe", stages["features"]["seconds"] - cnn_fit, n_train,
          STAGE_SCALING["features.describe"]),

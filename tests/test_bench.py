@@ -17,6 +17,7 @@ def test_extrapolation_is_linear_in_studies_and_divides_parallel_work_among_core
     assert bench.extrapolate(10, 100, "parallel", 2, jobs=2, cnn_models=6) == pytest.approx(197.5)
     assert bench.extrapolate(10, 100, "parallel", 16, jobs=2, cnn_models=6) == pytest.approx(197.5 / 8)
     assert bench.extrapolate(10, 100, "serial", 16, jobs=2, cnn_models=6) == pytest.approx(197.5)
+    assert bench.extrapolate(10, 100, "fixed", 2, jobs=2, cnn_models=6) == 10
     # 6 CNN models: 2 workers -> 3 rounds; 16 cores -> 1 round
     assert bench.extrapolate(10, 100, "cnn", 16, jobs=2, cnn_models=6) == pytest.approx(197.5 / 3)
     with pytest.raises(ValueError, match="unknown scaling"):
@@ -73,7 +74,7 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
              "radiospine": {"seconds_per_study": 4.0, "rois_per_second": 6.0, "peak_rss_mb": 900.0},
              "naive": {"seconds_per_study": 8.0}}
     stages = {
-        "train-localizer": _stage(200.0),
+        "train-localizer": _stage(200.0, {"preparation_seconds": 40.0}),
         "localize": _stage(50.0, {"evaluation": {"all": row, "spinal_canal_stenosis": row}}),
         "features": {**_stage(1000.0, {"fit_seconds": {"cnn": 400.0}}), "main_peak_rss_mb": 400.0,
                      "largest_worker_peak_rss_mb": 2100.0, "worker_processes": 2},
@@ -104,9 +105,14 @@ def test_summary_and_markdown_carry_the_measured_figures(tmp_path):
     # describe: 600 s on 200 studies, split between 2 workers -> 1,975 studies on 16 cores: 600 * 9.875 / 8 s
     assert timing["features (train): describe"]["real_train_16_cores_hours"] == pytest.approx(
         600 * 9.875 / 8 / 3600, abs=0.01)
+    # the localiser's slices are decoded per study by the worker processes; its training costs the same at any size
+    assert timing["train-localizer: slices"]["real_train_16_cores_hours"] == pytest.approx(
+        40 * 9.875 / 8 / 3600, abs=0.01)
+    assert timing["train-localizer: training"]["real_train_16_cores_hours"] == pytest.approx(160 / 3600, abs=0.01)
     assert result["real_train_set_hours"]["2_cores"] == pytest.approx(
         sum(timing[name]["real_train_2_cores_hours"] for name in
-            ("train-localizer", "features (train): CNN fit", "features (train): describe", "train-gbm")))
+            ("train-localizer: slices", "train-localizer: training", "features (train): CNN fit",
+             "features (train): describe", "train-gbm")))
     memory = result["memory"]
     assert memory["features"] == {"main_peak_rss_mb": 400.0, "largest_worker_peak_rss_mb": 2100.0,
                                   "worker_processes": 2, "tree_peak_rss_mb": 500.0, "main_under_limit": True,

@@ -11,7 +11,7 @@ from benchmarks import bench_real
 FIXTURE = Path(__file__).parent / "data" / "spider"
 TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
         "localizer.sagittal_grid_mm=10", "localizer.sagittal_samples_per_epoch=8", "localizer.batch_size=4",
-        "localizer.device=cpu", "synth.small=true"]
+        "localizer.validation_samples=8", "localizer.device=cpu", "synth.small=true"]
 
 
 def test_patient_folds_hold_out_every_patient_once():

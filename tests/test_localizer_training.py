@@ -188,7 +188,9 @@ def test_training_from_a_cold_and_a_warm_cache_gives_the_same_weights(tmp_path: 
     settings = [token for option in ("localizer.epochs=2", "localizer.base_channels=4", "localizer.depth=2",
                                      "localizer.sagittal_grid_px=32", "localizer.sagittal_grid_mm=10",
                                      "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
-                                     "localizer.batch_size=4", "localizer.validation_fraction=0.34",
+                                     "localizer.batch_size=4", "localizer.sagittal_samples_per_epoch=8",
+                                     "localizer.axial_samples_per_epoch=8", "localizer.validation_samples=8",
+                                     "localizer.validation_fraction=0.34",
                                      "localizer.device=cpu") for token in ("--set", option)]
     records, weights = [], []
     for jobs in ("2", "1"):

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 TINY_LOCALIZER = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2",
                   "localizer.sagittal_grid_px=32", "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32",
                   "localizer.axial_grid_mm=4", "localizer.sagittal_samples_per_epoch=8",
-                  "localizer.axial_samples_per_epoch=8", "localizer.batch_size=4", "localizer.device=cpu"]
+                  "localizer.axial_samples_per_epoch=8", "localizer.validation_samples=8", "localizer.batch_size=4",
+                  "localizer.device=cpu"]
 TINY_MODELS = ["features.radiomics.params=radiomics/original_only.yaml", "features.cnn.epochs=1",
                "features.cnn.folds=2", "models.n_folds=2", "models.gbm.n_estimators=20",
                "models.gbm.min_child_samples=3"]

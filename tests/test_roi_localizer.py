@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 #: A localiser small enough to train in seconds: the test is about the plumbing, not the accuracy.
 TINY = ["localizer.epochs=1", "localizer.base_channels=4", "localizer.depth=2", "localizer.sagittal_grid_px=32",
         "localizer.sagittal_grid_mm=10", "localizer.axial_grid_px=32", "localizer.axial_grid_mm=4",
-        "localizer.sagittal_samples_per_epoch=8", "localizer.axial_samples_per_epoch=8", "localizer.batch_size=4",
+        "localizer.sagittal_samples_per_epoch=8", "localizer.axial_samples_per_epoch=8",
+        "localizer.validation_samples=8", "localizer.batch_size=4",
         "localizer.folds=2", "localizer.device=cpu"]
 
 

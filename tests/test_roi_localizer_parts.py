@@ -105,6 +105,26 @@ def test_saved_localiser_loads_back_and_tampered_weights_are_refused(tmp_path) -
         load_localizer(tmp_path, "cpu")
 
 
+def test_a_localiser_saved_before_the_sample_budget_still_loads(tmp_path) -> None:
+    """Regression: a localiser saved with the per-stack keys (``*_slices_per_epoch``) was refused by the config's
+    validation, so work folders and bundles trained before the per-epoch budget could not localise."""
+    torch.manual_seed(0)
+    nets = [UNet(UNetSpec(in_channels=3, out_channels=channels, base_channels=4, depth=2)) for channels in (10, 2)]
+    save_localizer(Localizer(*nets, LocalizerConfig(epochs=3), {}, torch.device("cpu")), tmp_path)
+    description = json.loads((tmp_path / "localizer.json").read_text())
+    for key in ("sagittal_samples_per_epoch", "axial_samples_per_epoch", "validation_fraction",
+                "validation_samples", "patience"):
+        del description["config"][key]
+    description["config"].update(sagittal_slices_per_epoch=6, axial_slices_per_epoch=2)
+    (tmp_path / "localizer.json").write_text(json.dumps(description))
+    loaded = load_localizer(tmp_path, "cpu")
+    assert loaded.config.epochs == 3 and loaded.sagittal.spec == nets[0].spec
+    description["config"]["sagittal_slices_per_epochs"] = 6  # a key never known is still refused
+    (tmp_path / "localizer.json").write_text(json.dumps(description))
+    with pytest.raises(ValueError, match="sagittal_slices_per_epochs"):
+        load_localizer(tmp_path, "cpu")
+
+
 def test_a_saved_localisers_files_are_those_of_its_trained_networks(tmp_path) -> None:
     """Regression: export-model copied a fixed list with axial.pt, so a sagittal-only localiser (SPIDER) could not
     be bundled."""

@@ -31,6 +31,11 @@ TRAIN_FIX = "train the localiser (radiospine train-localizer --data DIR --work W
 #: The targets a localiser can lack training points for (:attr:`Localizer.untrained`).
 UNTRAINED_TARGETS = ("foraminal", "axial")
 
+#: Training-only keys of the ``config`` of localisers saved before the per-epoch sample budget
+#: (``localizer.{sagittal,axial}_samples_per_epoch``) replaced them: left out when such a localiser is loaded, so
+#: work folders and model bundles trained earlier still localise.
+RETIRED_CONFIG_KEYS = ("sagittal_slices_per_epoch", "axial_slices_per_epoch")
+
 
 @dataclass
 class Localizer:
@@ -105,7 +110,8 @@ def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
     """Load what :func:`save_localizer` wrote in ``folder``, on ``device`` (a ``localizer.device`` setting).
 
     Returns:
-        The localiser, its networks in evaluation mode on the device.
+        The localiser, its networks in evaluation mode on the device (the :data:`RETIRED_CONFIG_KEYS` of an older
+        localiser's config left out).
 
     Raises:
         FileNotFoundError: ``localizer.json`` or a weights file is missing.
@@ -127,5 +133,6 @@ def load_localizer(folder: str | Path, device: str = "auto") -> Localizer:
         net = UNet(UNetSpec(**sidecar[ARCHITECTURE_KEY]))
         net.load_state_dict(state)
         nets[kind] = net.to(target).eval()
-    return Localizer(nets["sagittal"], nets["axial"], LocalizerConfig.model_validate(description["config"]),
+    config = {key: value for key, value in description["config"].items() if key not in RETIRED_CONFIG_KEYS}
+    return Localizer(nets["sagittal"], nets["axial"], LocalizerConfig.model_validate(config),
                      description["subarticular_offsets_mm"], target, untrained)

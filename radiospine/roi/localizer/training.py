@@ -243,7 +243,8 @@ def fit_network(stacks: Sequence[TrainingStack], held_out: Sequence[TrainingStac
             held_loss, error = held_out_scores(net, held_out, validation, config, size, pixel_mm, device)
             log_entries["held_out_losses"].append(held_loss)
             log_entries["held_out_error_mm"].append(error)
-            message = f", held out {held_loss:.5f} (median peak error {error} mm)"
+            peak = "no target peak on its slices" if error is None else f"median peak error {error:.1f} mm"
+            message = f", held out {held_loss:.5f} ({peak})"
             if held_loss < best_loss:
                 best_epoch, best_loss, best_state = epoch + 1, held_loss, copy.deepcopy(net.state_dict())
         log.info("%s localiser epoch %d/%d: loss %.5f%s (%d slices, %.1f s)", kind, epoch + 1, config.epochs,

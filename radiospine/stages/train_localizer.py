@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from radiospine.config import add_config_arguments, config_from_arguments
-from radiospine.errors import UserError
-from radiospine.threads import add_threads_argument
+from radiospine.config import add_config_arguments, budget_from_arguments, config_from_arguments
+from radiospine.threads import add_jobs_argument, add_threads_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oof", action="store_true",
                         help="also write out-of-fold coordinates (implied by roi.train_centres=oof)")
     parser.add_argument("--force", action="store_true", help="train again even when the manifest says up to date")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="worker processes decoding and resampling the training slices into the slice cache "
-                             "(default 1; the result does not depend on it)")
+    add_jobs_argument(parser, "decoding and resampling the training slices into the slice cache")
     add_threads_argument(parser)
     add_config_arguments(parser)
 
@@ -32,16 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from radiospine.roi.localizer.stage import train_localizer
 
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     config = config_from_arguments(args)
+    budget = budget_from_arguments(args, config)
     report = train_localizer(args.data, args.work, config.localizer, config.roi,
                              out_of_fold=args.oof or config.roi.train_centres == "oof", force=args.force,
-                             threads=args.threads, jobs=args.jobs)
+                             threads=args.threads, jobs=budget.jobs)
     for kind in ("sagittal", "axial"):
         if "losses" in report[kind]:  # absent for a network not trained (no data of its view)
             report[kind]["final_loss"] = round(report[kind].pop("losses")[-1], 5)
             for key in ("held_out_losses", "held_out_error_mm"):
                 report[kind].pop(key)
-    print(json.dumps(report))
+    print(json.dumps({**report, "budget": budget.as_dict()}))
     return 0

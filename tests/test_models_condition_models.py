@@ -374,3 +374,27 @@ def test_the_cnn_head_is_a_blend_member_chosen_out_of_fold_and_saved_models_pred
     cnn_probabilities = [c for c in features.columns if "__prob_" in c]
     with pytest.raises(condition_models.DataError, match=r"lacks column.*cnn__sagittal_t1__prob_normal_mild"):
         trained.predict(features.drop(columns=cnn_probabilities))
+
+
+def test_the_cnn_head_is_blended_without_stacking_its_columns_when_models_extractors_leaves_the_cnn_out(synthetic):
+    features = _with_cnn_head(synthetic)
+    weak = {"gbm": {"n_estimators": 3, "learning_rate": 0.15, "min_child_samples": 10, "early_stopping_rounds": None}}
+    trained = train_condition_models(features, synthetic.labels, _config(extractors=["radiomics"], **weak))
+    assert all(parse_column(c).extractor in ("radiomics", "key") for g in trained.groups for c in g.feature_columns)
+    assert min(w[condition_models.CNN_HEAD_MEMBER] for w in trained.blend_weights.values()) > 0
+    _assert_valid(trained.predict(features), len(features))
+    cnn_probabilities = [c for c in features.columns if "__prob_" in c]
+    with pytest.raises(condition_models.DataError, match="no CNN probability columns"):
+        trained.predict(features.drop(columns=cnn_probabilities))
+
+
+def test_the_ablations_runs_without_the_cnn_do_not_blend_its_head(synthetic):
+    from radiospine.models.ablation import extractor_ablation
+
+    features = _with_cnn_head(synthetic)
+    config = _config()
+    record = extractor_ablation(prepare_features(features), synthetic.labels, config)
+    radiomics_alone = train_condition_models(features, synthetic.labels,
+                                             _config(extractors=["radiomics"], cnn_head_blend=False))
+    assert record["runs"]["radiomics"]["score"] == pytest.approx(
+        radiomics_alone.report["cv_scores"]["final"]["all"]["score"], abs=1e-6)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from radiospine.config import ModelsConfig
 from radiospine.features.columns import parse_column
-from radiospine.models.condition_models import PreparedFeatures, train_condition_models
+from radiospine.models.condition_models import CNN_EXTRACTOR, PreparedFeatures, train_condition_models
 from radiospine.models.fits import FitRunner
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,10 @@ def extractor_ablation(prepared: PreparedFeatures, labels_long: pd.DataFrame, co
             continue
         log.info("extractor ablation: training on %s (%d columns)", name, len(columns))
         failed = {e: n for e, n in prepared.failed_rows.items() if e in subset}
+        # the CNN head joins the blend only in the runs that have the CNN
+        run_config = config.model_copy(update={"cnn_head_blend": config.cnn_head_blend and CNN_EXTRACTOR in subset})
         trained = train_condition_models(dataclasses.replace(prepared, columns=columns, failed_rows=failed),
-                                         labels_long, config, runner)
+                                         labels_long, run_config, runner)
         runs[name] = _scores(trained.report, len(columns))
     all_name = run_name(extractors)
     gain, helped = {}, {}

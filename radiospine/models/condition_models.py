@@ -97,7 +97,7 @@ _METRIC_WEIGHTS = np.asarray(vocab.SEVERITY_WEIGHTS, dtype=np.float64)
 #: The blend member that is not a booster: the CNN head's own probabilities (:func:`cnn_head_proba`).
 CNN_HEAD_MEMBER = "cnn_head"
 #: The CNN extractor's name, the first part of its columns (:mod:`radiospine.features.cnn`).
-_CNN_EXTRACTOR = "cnn"
+CNN_EXTRACTOR = "cnn"
 _FORMULATIONS: dict[str, type[_GBMClassifierBase]] = {
     "ordinal": OrdinalGBMClassifier,
     "multiclass": MulticlassGBMClassifier,
@@ -174,12 +174,13 @@ def cnn_head_proba(prepared: PreparedFeatures, rows: np.ndarray, gbm_proba: np.n
     (``vocab.VIEW_OF_BASE_CONDITION``: sagittal T2/STIR for the canal, sagittal T1 for the foramina, axial T2 for
     the recesses), as float64 rows summing to 1, ``(rows.sum(), 3)``. Where the CNN has no probabilities for a row
     (its crop of that view could not be cut), the row is ``gbm_proba``'s (``(rows.sum(), 3)``, the boosters'
-    mean), so the blend there is the boosters' alone. None when the table lacks those columns (the CNN is off, or
-    ``models.extractors`` leaves it out)."""
-    own = {base: [feature_column(_CNN_EXTRACTOR, vocab.VIEW_OF_BASE_CONDITION[base], name)
+    mean), so the blend there is the boosters' alone. None when the table lacks those columns (the CNN is off).
+    They are read from the table whatever ``models.extractors`` selects for the boosters, so
+    ``extractors: [radiomics]`` with ``cnn_head_blend`` blends the head without stacking its columns."""
+    own = {base: [feature_column(CNN_EXTRACTOR, vocab.VIEW_OF_BASE_CONDITION[base], name)
                   for name in CNN_PROBABILITY_FEATURES] for base in vocab.BASE_CONDITIONS}
     columns = sorted({column for names in own.values() for column in names})
-    if not set(columns) <= set(prepared.columns):
+    if not set(columns) <= set(prepared.table_columns):
         return None
     values = prepared.block(rows, columns).astype(np.float64)
     position = {column: i for i, column in enumerate(columns)}
@@ -229,7 +230,8 @@ class PreparedFeatures:
     """A validated feature table whose values are read a model group at a time.
 
     ``keys``: ``study_id`` (int64), ``condition``, ``level`` of every row, in the table's row order; ``columns``:
-    the selected extractors' feature columns, in the table's column order; ``failed_rows``: per extractor, how
+    the selected extractors' feature columns, in the table's column order (``table_columns``: every extractor's,
+    selected or not; the CNN head's blend reads from them); ``failed_rows``: per extractor, how
     many rows have a status other than ``"ok"``; ``values``: where the values are (the DataFrame given to
     :func:`prepare_features`, or the store read by :func:`prepare_stored_features`). Values are float32 in the
     models (float64 in the store): :meth:`block` converts them, so training and prediction see the same numbers.
@@ -239,6 +241,7 @@ class PreparedFeatures:
     columns: list[str]
     failed_rows: dict[str, int]
     values: _FrameValues | _StoredValues
+    table_columns: list[str]
 
     def columns_with_values(self, masks: dict[str, np.ndarray]) -> dict[str, list[str]]:
         """Per named row mask (``(n_rows,)`` bool over ``keys``): the feature columns holding a value (not NaN) in
@@ -355,7 +358,7 @@ def _prepare(head: pd.DataFrame, names: list[str], numeric: Callable[[str], bool
         if failed_rows[extractor]:
             logger.info("%s: %d of %d rows have a failed extraction (NaN features)", extractor,
                         failed_rows[extractor], len(head))
-    return PreparedFeatures(keys, candidates, failed_rows, values)
+    return PreparedFeatures(keys, candidates, failed_rows, values, list(extractor_of))
 
 
 def _design_matrix(prepared: PreparedFeatures, rows: np.ndarray, group: ModelGroup,

@@ -64,3 +64,9 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["report", "--data", str(data), "--work", str(work), "--out", str(report), *settings]) == 0
     assert (report / "index.html").is_file()
     assert len(list((report / "studies").glob("*.html"))) == 1 + test_series["study_id"].nunique()
+    # the explained member is named with its blend weight and what it is blended with (the CNN head among them)
+    weights = card["blend_weights"]["spinal_canal_stenosis"]
+    assert set(weights) == {"lightgbm_ordinal", "xgboost_ordinal", "cnn_head"}
+    page = (report / "conditions" / "spinal_canal_stenosis.html").read_text()
+    assert f"lightgbm_ordinal, blend weight {weights['lightgbm_ordinal']:.2f} (blended with xgboost_ordinal" in page
+    assert f"cnn_head {weights['cnn_head']:.2f}, then calibrated)" in page

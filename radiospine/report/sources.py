@@ -39,7 +39,9 @@ class CropThumbnails:
 
 def shap_explanations(models, features: pd.DataFrame) -> dict[str, ConditionExplanation]:
     """Exact TreeSHAP of each model group's first member on ``features``' rows (a
-    :class:`radiospine.models.condition_models.TrainedModels` and a feature table), keyed by group name."""
+    :class:`radiospine.models.condition_models.TrainedModels` and a feature table), keyed by group name. The
+    explanation's model names that member with its blend weight and the other members' (the other boosters, the
+    CNN head), which the explained margin does not include."""
     normal_mild, moderate, severe = vocab.SEVERITY_LABELS
     explanations = {}
     for group_model, rows, X in models.design_matrices(features):
@@ -51,7 +53,11 @@ def shap_explanations(models, features: pd.DataFrame) -> dict[str, ConditionExpl
         else:
             outputs = [(f"{name}: margin of {label}", label) for label in vocab.SEVERITY_LABELS]
         keys = features.loc[rows, list(vocab.KEY_COLUMNS)].reset_index(drop=True)
+        weights = models.blend_weights.get(group_model.group.base, {name: 1.0})
+        others = ", ".join(f"{other} {weight:.2f}" for other, weight in weights.items() if other != name)
+        model = f"{name}, blend weight {weights.get(name, 0.0):.2f}" + (
+            f" (blended with {others}, then calibrated)" if others else "")
         explanations[group_model.group.name] = ConditionExplanation.from_contributions(
-            group_model.group.name, name, list(group_model.feature_columns), X, keys, estimator.shap_values(X),
+            group_model.group.name, model, list(group_model.feature_columns), X, keys, estimator.shap_values(X),
             outputs)
     return explanations

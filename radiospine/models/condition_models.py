@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -404,6 +404,18 @@ class GroupModel:
     members: dict[str, _GBMClassifierBase]
 
 
+def save_member_boosters(directory: Path, folder: Path, members: Mapping[str, _GBMClassifierBase]
+                         ) -> dict[str, dict[str, Any]]:
+    """Write each member's boosters in their native formats into ``directory / folder / <member>``; returns, per
+    member, its model-card entry ``{"path": "<folder>/<member>"}`` (relative to ``directory``, POSIX)."""
+    entries = {}
+    for name, estimator in members.items():
+        relative = folder / name
+        estimator.to_native(directory / relative)
+        entries[name] = {"path": relative.as_posix()}
+    return entries
+
+
 def write_model_card(directory: Path, card: dict[str, Any], oof_predictions: pd.DataFrame | None) -> Path:
     """Write ``directory/model_card.json`` (atomic) and, when given, the out-of-fold predictions beside it;
     returns the card's path. Shared by every kind of trained models (:mod:`radiospine.models.target_models`)."""
@@ -549,11 +561,9 @@ class TrainedModels:
         directory = Path(directory)
         groups = []
         for group_model in self.groups:
-            members = {}
+            members = save_member_boosters(directory, Path("groups") / group_model.group.name, group_model.members)
             for name, estimator in group_model.members.items():
-                relative = Path("groups") / group_model.group.name / name
-                estimator.to_native(directory / relative)
-                members[name] = {"path": relative.as_posix(), "n_rounds": [int(n) for n in estimator.n_rounds_]}
+                members[name]["n_rounds"] = [int(n) for n in estimator.n_rounds_]
             groups.append({**group_model.group.to_dict(), "name": group_model.group.name,
                            "feature_columns": list(group_model.feature_columns), "members": members})
         card = {

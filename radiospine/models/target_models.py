@@ -62,6 +62,7 @@ from radiospine.models.condition_models import (
     MODEL_CARD,
     make_member_estimator,
     prepare_features,
+    save_member_boosters,
     write_model_card,
 )
 from radiospine.models.fits import Fit, FitData, FitRunner, SerialFits, fold_fits
@@ -198,11 +199,9 @@ class TrainedTargetModels:
         directory = Path(directory)
         targets = []
         for model in self.models:
-            members = {}
+            members = save_member_boosters(directory, Path("targets") / model.target.name, model.members)
             for name, estimator in model.members.items():
-                relative = Path("targets") / model.target.name / name
-                estimator.to_native(directory / relative)
-                members[name] = {"path": relative.as_posix(), "class": type(estimator).__name__}
+                members[name]["class"] = type(estimator).__name__
             targets.append({"target": model.target.name, "feature_columns": list(model.feature_columns),
                             "members": members, "prior": model.prior.tolist()})
         card = {"format": CARD_FORMAT, "task": self.task.name, "config": self.config.model_dump(mode="json"),

@@ -86,6 +86,9 @@ def cumulative_to_proba(cumulative: np.ndarray) -> np.ndarray:
 #: What a booster trains or stops on: ``(X, target, weight, init margin or None)``; the margin is ``(n,)`` for a
 #: binary booster, ``(n, num_class)`` for a softmax one.
 _Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+#: One booster to fit: ``(num_class, train part, early-stopping part or None)``. The boosters of one fit share
+#: ``X`` and the weights of their parts (the same arrays) and differ in target and init margins.
+_BoosterTask = tuple[int, _Part, "_Part | None"]
 
 
 class _LightGBMBackend:
@@ -94,13 +97,40 @@ class _LightGBMBackend:
     suffix = ".txt"
 
     @staticmethod
-    def train(
-        estimator: _GBMClassifierBase,
-        seed: int,
-        num_class: int,
-        train: _Part,
-        valid: _Part | None,
-    ) -> lightgbm.Booster:
+    def train(estimator: _GBMClassifierBase, seed: int, tasks: list[_BoosterTask]) -> list[lightgbm.Booster]:
+        X, _, w, m = tasks[0][1]
+        # One binned Dataset (and one for early stopping) serves every booster of the fit: binning is the larger
+        # part of a fit on a wide table, and the bins depend on the values only, not on the target.
+        train_set = lightgbm.Dataset(X, label=tasks[0][1][1], weight=w, init_score=m, params={"verbosity": -1})
+        valid_set = None
+        boosters = []
+        for num_class, (_, y, _, m), valid in tasks:
+            train_set.set_label(y)
+            if m is not None:
+                train_set.set_init_score(m)
+            valid_sets, callbacks = [], []
+            if valid is not None:
+                Xv, yv, wv, mv = valid
+                if valid_set is None:
+                    valid_set = lightgbm.Dataset(Xv, label=yv, weight=wv, init_score=mv, reference=train_set)
+                valid_set.set_label(yv)
+                if mv is not None:
+                    valid_set.set_init_score(mv)
+                valid_sets = [valid_set]
+                callbacks = [lightgbm.early_stopping(estimator.early_stopping_rounds, verbose=False)]
+            with threadpool_limits(limits=estimator.n_jobs, user_api="openmp"):
+                booster = lightgbm.train(_LightGBMBackend.params(estimator, seed, num_class), train_set,
+                                         num_boost_round=estimator.n_estimators, valid_sets=valid_sets,
+                                         callbacks=callbacks)
+            if valid is not None:
+                # Keep only the trees up to the best validation round, so prediction and saving need no
+                # bookkeeping. (lightgbm.train returns a booster rebuilt from its text, without the Datasets.)
+                booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+            boosters.append(booster)
+        return boosters
+
+    @staticmethod
+    def params(estimator: _GBMClassifierBase, seed: int, num_class: int) -> dict[str, Any]:
         params: dict[str, Any] = {
             "objective": "binary" if num_class == 1 else "multiclass",
             "learning_rate": estimator.learning_rate,
@@ -122,21 +152,7 @@ class _LightGBMBackend:
         }
         if num_class > 1:
             params["num_class"] = num_class
-        X, y, w, m = train
-        train_set = lightgbm.Dataset(X, label=y, weight=w, init_score=m, params={"verbosity": -1})
-        valid_sets, callbacks = [], []
-        if valid is not None:
-            Xv, yv, wv, mv = valid
-            valid_sets = [lightgbm.Dataset(Xv, label=yv, weight=wv, init_score=mv, reference=train_set)]
-            callbacks = [lightgbm.early_stopping(estimator.early_stopping_rounds, verbose=False)]
-        with threadpool_limits(limits=estimator.n_jobs, user_api="openmp"):
-            booster = lightgbm.train(
-                params, train_set, num_boost_round=estimator.n_estimators, valid_sets=valid_sets, callbacks=callbacks
-            )
-        if valid is not None:
-            # Keep only the trees up to the best validation round, so prediction and saving need no bookkeeping.
-            booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
-        return booster
+        return params
 
     @staticmethod
     def n_rounds(booster: lightgbm.Booster) -> int:
@@ -168,13 +184,36 @@ class _XGBoostBackend:
     suffix = ".json"
 
     @staticmethod
-    def train(
-        estimator: _GBMClassifierBase,
-        seed: int,
-        num_class: int,
-        train: _Part,
-        valid: _Part | None,
-    ) -> xgboost.Booster:
+    def train(estimator: _GBMClassifierBase, seed: int, tasks: list[_BoosterTask]) -> list[xgboost.Booster]:
+        X, y, w, m = tasks[0][1]
+        # One binned matrix (and one for early stopping) serves every booster of the fit, as for LightGBM.
+        # QuantileDMatrix holds only the binned values (1 byte per value; a DMatrix also holds every value with
+        # its column index, 8 bytes); the boosters are the same bit for bit (`hist` bins either the same way).
+        train_matrix = xgboost.QuantileDMatrix(X, label=y, weight=w, base_margin=m, nthread=estimator.n_jobs)
+        valid_matrix = None
+        boosters = []
+        for num_class, (_, y, _, m), valid in tasks:
+            train_matrix.set_label(y)
+            if m is not None:
+                train_matrix.set_base_margin(m)
+            evals, rounds = [], None
+            if valid is not None:
+                Xv, yv, wv, mv = valid
+                if valid_matrix is None:
+                    valid_matrix = xgboost.QuantileDMatrix(Xv, label=yv, weight=wv, base_margin=mv,
+                                                           nthread=estimator.n_jobs, ref=train_matrix)
+                valid_matrix.set_label(yv)
+                if mv is not None:
+                    valid_matrix.set_base_margin(mv)
+                evals, rounds = [(valid_matrix, "validation")], estimator.early_stopping_rounds
+            booster = xgboost.train(_XGBoostBackend.params(estimator, seed, num_class), train_matrix,
+                                    num_boost_round=estimator.n_estimators, evals=evals,
+                                    early_stopping_rounds=rounds, verbose_eval=False)
+            boosters.append(booster if valid is None else booster[: booster.best_iteration + 1])
+        return boosters
+
+    @staticmethod
+    def params(estimator: _GBMClassifierBase, seed: int, num_class: int) -> dict[str, Any]:
         params: dict[str, Any] = {
             "objective": "binary:logistic" if num_class == 1 else "multi:softprob",
             "eval_metric": "logloss" if num_class == 1 else "mlogloss",
@@ -193,27 +232,7 @@ class _XGBoostBackend:
         }
         if num_class > 1:
             params["num_class"] = num_class
-        X, y, w, m = train
-        # QuantileDMatrix holds only the binned values (1 byte per value; a DMatrix also holds every value with
-        # its column index, 8 bytes); the boosters are the same bit for bit (`hist` bins either the same way).
-        train_matrix = xgboost.QuantileDMatrix(X, label=y, weight=w, base_margin=m, nthread=estimator.n_jobs)
-        evals, rounds = [], None
-        if valid is not None:
-            Xv, yv, wv, mv = valid
-            evals = [(xgboost.QuantileDMatrix(Xv, label=yv, weight=wv, base_margin=mv, nthread=estimator.n_jobs,
-                                              ref=train_matrix), "validation")]
-            rounds = estimator.early_stopping_rounds
-        booster = xgboost.train(
-            params,
-            train_matrix,
-            num_boost_round=estimator.n_estimators,
-            evals=evals,
-            early_stopping_rounds=rounds,
-            verbose_eval=False,
-        )
-        if valid is not None:
-            booster = booster[: booster.best_iteration + 1]
-        return booster
+        return params
 
     @staticmethod
     def n_rounds(booster: xgboost.Booster) -> int:
@@ -399,10 +418,7 @@ class _GBMClassifierBase(ClassifierMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train, valid = self._early_stopping_split(X, y_index, weight, margin, eval_set, eval_init_proba, seed)
         backend = _BACKEND_IMPLEMENTATIONS[self.backend]
-        self.boosters_ = [
-            backend.train(self, seed, num_class, train_part, valid_part)
-            for num_class, train_part, valid_part in self._booster_tasks(train, valid)
-        ]
+        self.boosters_ = backend.train(self, seed, list(self._booster_tasks(train, valid)))
         self.n_rounds_ = [backend.n_rounds(booster) for booster in self.boosters_]
         return self
 
